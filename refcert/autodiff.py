@@ -1,0 +1,551 @@
+"""A minimal reverse-mode automatic differentiation: ``Tensor`` and a table of primitive ops.
+
+Every primitive is one row of ``OPS``: its forward function next to the vector-Jacobian product (vjp)
+of each differentiable argument, written as in HIPS autograd's ``defvjp``.  A vjp has the signature
+``vjp(g, ans, *args, **params) -> gradient of that argument``; ``g`` is the gradient of the output,
+``ans`` the forward result, ``args`` the argument values (arrays or Python scalars).  Broadcasting is
+undone in one place, ``unbroadcast``.  ``Tensor.backward()`` sorts the graph and *accumulates*
+gradients, so a tensor used twice gets both contributions.  Inside ``with no_grad():`` nothing is
+recorded.  All arithmetic goes through the active backend's array namespace (``refcert.backends``).
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Callable
+
+from refcert import backends
+
+__all__ = ["Tensor", "no_grad", "OPS", "unbroadcast", "cross_entropy"]
+
+_grad_state = threading.local()
+
+
+def _xp():
+    return backends.current().xp
+
+
+def grad_enabled() -> bool:
+    return getattr(_grad_state, "enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Record no graph inside the block (evaluation, attacks' inner bookkeeping)."""
+    previous = grad_enabled()
+    _grad_state.enabled = False
+    try:
+        yield
+    finally:
+        _grad_state.enabled = previous
+
+
+class Tensor:
+    """An array with an optional gradient. ``value`` is a backend array, ``grad`` one after backward()."""
+
+    __array_priority__ = 1000  # make ``ndarray + Tensor`` call Tensor.__radd__
+
+    def __init__(self, value, requires_grad: bool = False, dtype=None):
+        if isinstance(value, Tensor):
+            value = value.value
+        backend = backends.current()
+        if isinstance(dtype, str):
+            dtype = backend.dtype(dtype)
+        self.value = backend.asarray(value, dtype=dtype)
+        self.requires_grad = requires_grad
+        self.grad = None
+        self._node = None  # (op name, parents, argument values, params, ans) when recorded
+
+    # --- basic properties -------------------------------------------------------------------
+    shape = property(lambda self: tuple(self.value.shape))
+    ndim = property(lambda self: self.value.ndim)
+    dtype = property(lambda self: self.value.dtype)
+    T = property(lambda self: transpose(self, axes=tuple(range(self.ndim - 1, -1, -1))))
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __repr__(self):
+        return f"Tensor(shape={self.shape}, dtype={self.dtype}, requires_grad={self.requires_grad})"
+
+    def numpy(self):
+        return backends.to_numpy(self.value)
+
+    def item(self) -> float:
+        return float(self.numpy().reshape(-1)[0]) if self.numpy().size == 1 else _not_scalar(self)
+
+    def detach(self) -> "Tensor":
+        return Tensor(self.value)
+
+    def zero_grad(self):
+        self.grad = None
+
+    # --- operators ----------------------------------------------------------------------------
+    __add__ = lambda self, other: add(self, other)
+    __radd__ = lambda self, other: add(other, self)
+    __sub__ = lambda self, other: sub(self, other)
+    __rsub__ = lambda self, other: sub(other, self)
+    __mul__ = lambda self, other: mul(self, other)
+    __rmul__ = lambda self, other: mul(other, self)
+    __truediv__ = lambda self, other: div(self, other)
+    __rtruediv__ = lambda self, other: div(other, self)
+    __matmul__ = lambda self, other: matmul(self, other)
+    __rmatmul__ = lambda self, other: matmul(other, self)
+    __neg__ = lambda self: neg(self)
+    __getitem__ = lambda self, index: getitem(self, index=index)
+
+    def sum(self, axis=None, keepdims=False):
+        return sum(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return mean(self, axis=axis, keepdims=keepdims)
+
+    def reshape(self, *shape):
+        return reshape(self, shape=tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+
+    def backward(self, grad=None):
+        """Accumulate d(self)/d(leaf) * grad into every leaf's ``.grad`` (grad defaults to 1 for scalars)."""
+        xp = _xp()
+        if grad is None:
+            if self.value.size != 1:
+                raise ValueError(f"backward() without a gradient needs a scalar, got shape {self.shape}")
+            grad = xp.ones_like(self.value)
+        grads = {id(self): getattr(grad, "value", grad)}
+        for tensor in _topological_order(self):
+            g = grads.pop(id(tensor), None)
+            if g is None:
+                continue
+            if tensor._node is None:
+                tensor.grad = g if tensor.grad is None else tensor.grad + g
+                continue
+            name, parents, args, params, ans = tensor._node
+            vjps = OPS[name][1]
+            for position, parent in parents:
+                contribution = vjps[position](g, ans, *args, **params)
+                key = id(parent)
+                grads[key] = contribution if key not in grads else grads[key] + contribution
+
+
+def _not_scalar(tensor):
+    raise ValueError(f"item() needs a one-element tensor, got shape {tensor.shape}")
+
+
+def _topological_order(root: Tensor) -> list[Tensor]:
+    """Tensors reachable from root, each after every tensor that uses it (root first)."""
+    order, visited, stack = [], set(), [(root, False)]
+    while stack:
+        tensor, expanded = stack.pop()
+        if expanded:
+            order.append(tensor)
+            continue
+        if id(tensor) in visited:
+            continue
+        visited.add(id(tensor))
+        stack.append((tensor, True))
+        if tensor._node is not None:
+            stack.extend((parent, False) for _, parent in tensor._node[1])
+    return order[::-1]
+
+
+OPS: dict[str, tuple[Callable, tuple[Callable, ...]]] = {}
+
+
+def _as_operand(value):
+    if isinstance(value, Tensor):
+        return value.value
+    if isinstance(value, (int, float, bool)):
+        return value
+    return backends.current().asarray(value)
+
+
+def primitive(name: str, forward: Callable, *vjps: Callable) -> Callable:
+    """Register a row of the op table and return the function that applies it to Tensors."""
+    OPS[name] = (forward, vjps)
+
+    def apply(*args, **params):
+        values = [_as_operand(a) for a in args]
+        out = Tensor.__new__(Tensor)
+        out.value, out.grad, out._node, out.requires_grad = forward(*values, **params), None, None, False
+        if grad_enabled():
+            parents = tuple((i, a) for i, a in enumerate(args)
+                            if isinstance(a, Tensor) and a.requires_grad and i < len(vjps) and vjps[i] is not None)
+            if parents:
+                out.requires_grad = True
+                out._node = (name, parents, values, params, out.value)
+        return out
+
+    apply.__name__ = name
+    return apply
+
+
+def unbroadcast(g, shape):
+    """Sum ``g`` over the axes that broadcasting added or stretched, so it has ``shape``."""
+    xp = _xp()
+    shape = tuple(getattr(shape, "shape", shape))
+    while g.ndim > len(shape):
+        g = xp.sum(g, axis=0)
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return xp.sum(g, axis=axes, keepdims=True) if axes else g
+
+
+def _shape(x):
+    return getattr(x, "shape", ())
+
+
+def _keep_reduced(g, x, axis, keepdims):
+    """Reshape a reduction's gradient so it broadcasts against x."""
+    xp = _xp()
+    if axis is None or keepdims or x.ndim == 0:
+        return g if keepdims or axis is not None else xp.reshape(g, (1,) * x.ndim)
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = tuple(a % x.ndim for a in axes)
+    return xp.reshape(g, tuple(1 if i in axes else n for i, n in enumerate(x.shape)))
+
+
+def _count(x, axis):
+    if axis is None:
+        return x.size
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    total = 1
+    for a in axes:
+        total *= x.shape[a]
+    return total
+
+
+def _swap_last(a):
+    return _xp().matrix_transpose(a)
+
+
+def _to_dtype(mask, like):
+    return _xp().astype(mask, like.dtype)
+
+
+# --- elementwise arithmetic -------------------------------------------------------------------
+add = primitive("add", lambda x, y: x + y,
+                lambda g, ans, x, y: unbroadcast(g, _shape(x)),
+                lambda g, ans, x, y: unbroadcast(g, _shape(y)))
+sub = primitive("sub", lambda x, y: x - y,
+                lambda g, ans, x, y: unbroadcast(g, _shape(x)),
+                lambda g, ans, x, y: unbroadcast(-g, _shape(y)))
+mul = primitive("mul", lambda x, y: x * y,
+                lambda g, ans, x, y: unbroadcast(g * y, _shape(x)),
+                lambda g, ans, x, y: unbroadcast(g * x, _shape(y)))
+div = primitive("div", lambda x, y: x / y,
+                lambda g, ans, x, y: unbroadcast(g / y, _shape(x)),
+                lambda g, ans, x, y: unbroadcast(-g * ans / y, _shape(y)))
+neg = primitive("neg", lambda x: -x, lambda g, ans, x: -g)
+maximum = primitive(  # ties split the gradient equally, as autograd does
+    "maximum", lambda x, y: _xp().maximum(x, y),
+    lambda g, ans, x, y: unbroadcast(g * _to_dtype(x == ans, ans) / (1.0 + _to_dtype(x == y, ans)), _shape(x)),
+    lambda g, ans, x, y: unbroadcast(g * _to_dtype(y == ans, ans) / (1.0 + _to_dtype(x == y, ans)), _shape(y)))
+minimum = primitive(
+    "minimum", lambda x, y: _xp().minimum(x, y),
+    lambda g, ans, x, y: unbroadcast(g * _to_dtype(x == ans, ans) / (1.0 + _to_dtype(x == y, ans)), _shape(x)),
+    lambda g, ans, x, y: unbroadcast(g * _to_dtype(y == ans, ans) / (1.0 + _to_dtype(x == y, ans)), _shape(y)))
+where = primitive(  # where(condition, x, y); the condition is a constant boolean array
+    "where", lambda c, x, y: _xp().where(c, x, y),
+    None,
+    lambda g, ans, c, x, y: unbroadcast(_xp().where(c, g, 0.0), _shape(x)),
+    lambda g, ans, c, x, y: unbroadcast(_xp().where(c, 0.0, g), _shape(y)))
+
+# --- elementwise functions --------------------------------------------------------------------
+relu = primitive("relu", lambda x: _xp().maximum(x, 0.0), lambda g, ans, x: g * _to_dtype(x > 0, g))
+abs = primitive("abs", lambda x: _xp().abs(x), lambda g, ans, x: g * _xp().sign(x))
+exp = primitive("exp", lambda x: _xp().exp(x), lambda g, ans, x: g * ans)
+log = primitive("log", lambda x: _xp().log(x), lambda g, ans, x: g / x)
+sqrt = primitive("sqrt", lambda x: _xp().sqrt(x), lambda g, ans, x: g * 0.5 / ans)
+sigmoid = primitive("sigmoid", lambda x: 0.5 * (_xp().tanh(0.5 * x) + 1.0), lambda g, ans, x: g * ans * (1.0 - ans))
+tanh = primitive("tanh", lambda x: _xp().tanh(x), lambda g, ans, x: g * (1.0 - ans * ans))
+clip = primitive(  # bounds are constants (scalars or arrays); the gradient passes where x is inside
+    "clip", lambda x, *, lower, upper: _xp().minimum(_xp().maximum(x, lower), upper),
+    lambda g, ans, x, *, lower, upper: g * _to_dtype((ans != lower) & (ans != upper), g))
+
+# --- reductions -------------------------------------------------------------------------------
+sum = primitive(
+    "sum", lambda x, *, axis=None, keepdims=False: _xp().sum(x, axis=axis, keepdims=keepdims),
+    lambda g, ans, x, *, axis=None, keepdims=False:
+        _xp().broadcast_to(_keep_reduced(g, x, axis, keepdims), x.shape))
+mean = primitive(
+    "mean", lambda x, *, axis=None, keepdims=False: _xp().mean(x, axis=axis, keepdims=keepdims),
+    lambda g, ans, x, *, axis=None, keepdims=False:
+        _xp().broadcast_to(_keep_reduced(g, x, axis, keepdims), x.shape) / _count(x, axis))
+
+
+def _extreme_vjp(g, ans, x, *, axis=None, keepdims=False):
+    """Gradient of max/min: shared equally among the positions that attain it (as autograd)."""
+    xp = _xp()
+    hit = _to_dtype(x == _keep_reduced(ans, x, axis, keepdims), x)
+    return hit * _keep_reduced(g, x, axis, keepdims) / xp.sum(hit, axis=axis, keepdims=True)
+
+
+max = primitive("max", lambda x, *, axis=None, keepdims=False: _xp().max(x, axis=axis, keepdims=keepdims),
+                _extreme_vjp)
+min = primitive("min", lambda x, *, axis=None, keepdims=False: _xp().min(x, axis=axis, keepdims=keepdims),
+                _extreme_vjp)
+
+
+def _logsumexp(x, *, axis=-1, keepdims=False):
+    xp = _xp()
+    m = xp.max(x, axis=axis, keepdims=True)
+    out = m + xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True))
+    return out if keepdims else xp.squeeze(out, axis=axis)
+
+
+logsumexp = primitive(
+    "logsumexp", _logsumexp,
+    lambda g, ans, x, *, axis=-1, keepdims=False:
+        _keep_reduced(g, x, axis, keepdims) * _xp().exp(x - _keep_reduced(ans, x, axis, keepdims)))
+
+
+def _one_hot(labels, classes, like):
+    xp = _xp()
+    return _to_dtype(xp.arange(classes)[None, :] == xp.astype(labels, xp.int64)[:, None], like)
+
+
+cross_entropy = primitive(  # mean over the batch of -log softmax(logits)[label]; labels (batch,) ints
+    "cross_entropy",
+    lambda z, labels: _xp().mean(_logsumexp(z, axis=-1) - _xp().sum(z * _one_hot(labels, z.shape[-1], z), axis=-1)),
+    lambda g, ans, z, labels: g * (_xp().exp(z - _logsumexp(z, axis=-1, keepdims=True))
+                                   - _one_hot(labels, z.shape[-1], z)) / z.shape[0])
+
+# --- linear algebra and shapes ----------------------------------------------------------------
+
+
+def _matmul_vjp_x(g, ans, x, y):
+    if y.ndim == 1:
+        return unbroadcast(g[..., None] * y, x.shape)
+    return unbroadcast(g @ _swap_last(y), x.shape)
+
+
+def _matmul_vjp_y(g, ans, x, y):
+    xp = _xp()
+    if y.ndim == 1:
+        return xp.reshape(xp.sum(xp.reshape(g[..., None] * x, (-1, y.shape[0])), axis=0), y.shape)
+    return unbroadcast(_swap_last(x) @ g, y.shape)
+
+
+matmul = primitive("matmul", lambda x, y: x @ y, _matmul_vjp_x, _matmul_vjp_y)  # x.ndim >= 2
+reshape = primitive("reshape", lambda x, *, shape: _xp().reshape(x, tuple(shape)),
+                    lambda g, ans, x, *, shape: _xp().reshape(g, x.shape))
+transpose = primitive("transpose", lambda x, *, axes: _xp().permute_dims(x, tuple(axes)),
+                      lambda g, ans, x, *, axes: _xp().permute_dims(g, _inverse_permutation(axes)))
+broadcast_to = primitive("broadcast_to", lambda x, *, shape: _xp().broadcast_to(x, tuple(shape)),
+                         lambda g, ans, x, *, shape: unbroadcast(g, x.shape))
+
+
+def _inverse_permutation(axes):
+    inverse = [0] * len(axes)
+    for i, a in enumerate(axes):
+        inverse[a] = i
+    return tuple(inverse)
+
+
+def _getitem_vjp(g, ans, x, *, index):
+    out = _xp().zeros_like(x)
+    out[index] = g
+    return out
+
+
+getitem = primitive("getitem", lambda x, *, index: x[index], _getitem_vjp)  # basic indexing only
+
+
+def _concat_forward(*xs, axis=0):
+    return _xp().concat(xs, axis=axis)
+
+
+def _concat_vjp(position):
+    def vjp(g, ans, *xs, axis=0):
+        start = 0
+        for x in xs[:position]:
+            start += x.shape[axis]
+        index = [slice(None)] * g.ndim
+        index[axis] = slice(start, start + xs[position].shape[axis])
+        return g[tuple(index)]
+    return vjp
+
+
+_concat = primitive("concatenate", _concat_forward, *[_concat_vjp(i) for i in range(64)])
+
+
+def concatenate(tensors, axis=0):
+    """Join tensors along an existing axis (at most 64 at once)."""
+    if len(tensors) > 64:
+        raise ValueError(f"concatenate takes at most 64 tensors, got {len(tensors)}")
+    return _concat(*tensors, axis=axis)
+
+
+def stack(tensors, axis=0):
+    """Join tensors along a new axis."""
+    expanded = []
+    for t in tensors:
+        t = t if isinstance(t, Tensor) else Tensor(t)
+        shape = list(t.shape)
+        shape.insert(axis % (t.ndim + 1), 1)
+        expanded.append(reshape(t, shape=tuple(shape)))
+    return concatenate(expanded, axis=axis)
+
+
+def _pad_hw(x, padding):
+    """Zero-pad the last two axes by ``padding`` on each side (NCHW)."""
+    if padding == 0:
+        return x
+    xp = _xp()
+    out = xp.zeros(x.shape[:-2] + (x.shape[-2] + 2 * padding, x.shape[-1] + 2 * padding), dtype=x.dtype)
+    out[..., padding:-padding, padding:-padding] = x
+    return out
+
+
+def _unpad_hw(x, padding):
+    return x if padding == 0 else x[..., padding:-padding, padding:-padding]
+
+
+pad2d = primitive("pad2d", lambda x, *, padding: _pad_hw(x, padding),
+                  lambda g, ans, x, *, padding: _unpad_hw(g, padding))
+
+# --- convolution and pooling (NCHW) -----------------------------------------------------------
+
+
+def _out_size(size, kernel, stride, padding):
+    out = (size + 2 * padding - kernel) // stride + 1
+    if out < 1:
+        raise ValueError(f"kernel {kernel} (stride {stride}, padding {padding}) does not fit input size {size}")
+    return out
+
+
+def _windows(kernel_h, kernel_w, stride, out_h, out_w):
+    """The slice of the padded input that each kernel position (i, j) sees, row-major."""
+    return [(..., slice(i, i + stride * (out_h - 1) + 1, stride), slice(j, j + stride * (out_w - 1) + 1, stride))
+            for i in range(kernel_h) for j in range(kernel_w)]
+
+
+def _im2col(x, kernel_h, kernel_w, stride, padding):
+    """(B, C, H, W) -> columns (B, C*kh*kw, Ho*Wo) with index c*kh*kw + i*kw + j, and (Ho, Wo)."""
+    xp = _xp()
+    out_h = _out_size(x.shape[2], kernel_h, stride, padding)
+    out_w = _out_size(x.shape[3], kernel_w, stride, padding)
+    padded = _pad_hw(x, padding)
+    cols = xp.stack([padded[w] for w in _windows(kernel_h, kernel_w, stride, out_h, out_w)], axis=2)
+    return xp.reshape(cols, (x.shape[0], x.shape[1] * kernel_h * kernel_w, out_h * out_w)), (out_h, out_w)
+
+
+def _col2im(cols, input_shape, kernel_h, kernel_w, stride, padding):
+    """Adjoint of _im2col: add each column entry back to the input position it came from."""
+    xp = _xp()
+    batch, channels, height, width = input_shape
+    out_h = _out_size(height, kernel_h, stride, padding)
+    out_w = _out_size(width, kernel_w, stride, padding)
+    cols = xp.reshape(cols, (batch, channels, kernel_h * kernel_w, out_h, out_w))
+    padded = xp.zeros((batch, channels, height + 2 * padding, width + 2 * padding), dtype=cols.dtype)
+    for position, window in enumerate(_windows(kernel_h, kernel_w, stride, out_h, out_w)):
+        padded[window] = padded[window] + cols[:, :, position]
+    return _unpad_hw(padded, padding)
+
+
+def _conv2d(x, w, *, stride=1, padding=0):
+    xp = _xp()
+    if x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"conv2d needs x (B, C, H, W) and weight (O, C, kh, kw), got {x.shape} and {w.shape}")
+    cols, (out_h, out_w) = _im2col(x, w.shape[2], w.shape[3], stride, padding)
+    out = xp.reshape(w, (w.shape[0], -1)) @ cols
+    return xp.reshape(out, (x.shape[0], w.shape[0], out_h, out_w))
+
+
+def _conv2d_vjp_x(g, ans, x, w, *, stride=1, padding=0):
+    return _conv_transpose2d(g, w, stride=stride, padding=padding, input_hw=x.shape[2:])
+
+
+def _conv_weight_grad(g, x, w_shape, stride, padding):
+    """d<g, conv2d(x, w)>/dw: the gradient of a convolution with respect to its kernel."""
+    xp = _xp()
+    cols, _ = _im2col(x, w_shape[2], w_shape[3], stride, padding)
+    g = xp.reshape(g, (g.shape[0], g.shape[1], -1))
+    return xp.reshape(xp.tensordot(g, cols, axes=([0, 2], [0, 2])), tuple(w_shape))
+
+
+def _conv2d_vjp_w(g, ans, x, w, *, stride=1, padding=0):
+    return _conv_weight_grad(g, x, w.shape, stride, padding)
+
+
+conv2d = primitive("conv2d", _conv2d, _conv2d_vjp_x, _conv2d_vjp_w)  # bias is added by the layer
+
+
+def _conv_transpose2d(y, w, *, stride=1, padding=0, input_hw):
+    """The adjoint of conv2d in x: maps (B, O, Ho, Wo) back to (B, C, H, W) with H, W = input_hw."""
+    xp = _xp()
+    y2 = xp.reshape(y, (y.shape[0], y.shape[1], -1))
+    cols = _swap_last(xp.reshape(w, (w.shape[0], -1))) @ y2
+    shape = (y.shape[0], w.shape[1], int(input_hw[0]), int(input_hw[1]))
+    return _col2im(cols, shape, w.shape[2], w.shape[3], stride, padding)
+
+
+conv_transpose2d = primitive(  # used by back-substitution (DeepPoly) through convolutions
+    "conv_transpose2d", _conv_transpose2d,
+    lambda g, ans, y, w, *, stride=1, padding=0, input_hw: _conv2d(g, w, stride=stride, padding=padding),
+    lambda g, ans, y, w, *, stride=1, padding=0, input_hw: _conv_weight_grad(y, g, w.shape, stride, padding))
+
+
+def _pool_windows(x, kernel, stride, padding):
+    out_h = _out_size(x.shape[2], kernel, stride, padding)
+    out_w = _out_size(x.shape[3], kernel, stride, padding)
+    return _windows(kernel, kernel, stride, out_h, out_w)
+
+
+def _avg_pool2d(x, *, kernel_size, stride, padding=0):
+    """Mean over each window; zero padding counts in the mean (PyTorch's count_include_pad=True)."""
+    padded = _pad_hw(x, padding)
+    windows = _pool_windows(x, kernel_size, stride, padding)
+    total = padded[windows[0]]
+    for window in windows[1:]:
+        total = total + padded[window]
+    return total / float(kernel_size * kernel_size)
+
+
+def _avg_pool2d_vjp(g, ans, x, *, kernel_size, stride, padding=0):
+    xp = _xp()
+    padded = xp.zeros(x.shape[:2] + (x.shape[2] + 2 * padding, x.shape[3] + 2 * padding), dtype=g.dtype)
+    share = g / float(kernel_size * kernel_size)
+    for window in _pool_windows(x, kernel_size, stride, padding):
+        padded[window] = padded[window] + share
+    return _unpad_hw(padded, padding)
+
+
+avg_pool2d = primitive("avg_pool2d", _avg_pool2d, _avg_pool2d_vjp)
+
+
+def _max_pool_stack(x, kernel_size, stride, padding):
+    xp = _xp()
+    if padding:
+        low = xp.min(x) - 1.0
+        padded = xp.full(x.shape[:2] + (x.shape[2] + 2 * padding, x.shape[3] + 2 * padding), low, dtype=x.dtype)
+        padded[..., padding:-padding, padding:-padding] = x
+    else:
+        padded = x
+    return xp.stack([padded[w] for w in _pool_windows(x, kernel_size, stride, padding)], axis=2)
+
+
+def _max_pool2d_vjp(g, ans, x, *, kernel_size, stride, padding=0):
+    """The gradient goes to the first maximal entry of each window (as PyTorch)."""
+    xp = _xp()
+    stacked = _max_pool_stack(x, kernel_size, stride, padding)
+    first = xp.argmax(stacked, axis=2)
+    padded = xp.zeros(x.shape[:2] + (x.shape[2] + 2 * padding, x.shape[3] + 2 * padding), dtype=g.dtype)
+    for position, window in enumerate(_pool_windows(x, kernel_size, stride, padding)):
+        padded[window] = padded[window] + g * _to_dtype(first == position, g)
+    return _unpad_hw(padded, padding)
+
+
+max_pool2d = primitive(
+    "max_pool2d",
+    lambda x, *, kernel_size, stride, padding=0: _xp().max(_max_pool_stack(x, kernel_size, stride, padding), axis=2),
+    _max_pool2d_vjp)
+
+
+# --- composites (built from the primitives above; no vjp of their own) --------------------------
+
+def softplus(x):
+    """log(1 + exp(x)), computed stably as relu(x) + log(1 + exp(-|x|))."""
+    return relu(x) + log(1.0 + exp(neg(abs(x))))
+
+
+def as_tensor(value) -> Tensor:
+    return value if isinstance(value, Tensor) else Tensor(value)

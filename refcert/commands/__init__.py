@@ -1,0 +1,1 @@
+"""Subcommands of the refcert CLI (see refcert/cli.py)."""

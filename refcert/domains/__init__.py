@@ -1,0 +1,85 @@
+"""Abstract domains: each is a table giving every layer op a meaning (DESIGN.md, "Domains").
+
+``get(name)`` returns a ``Domain``: its ``TRANSFORMERS`` table and the two ways to build an input
+set, ``linf_ball(x, eps, clip)`` and ``from_bounds(lower, upper)``.  ``names()`` lists them.
+Elements name their domain in a ``domain`` field, so the interpreter finds the right table.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from refcert import autodiff as ad
+
+#: the layer vocabulary every table must cover
+OPS = ("linear", "conv2d", "normalize", "flatten", "avg_pool2d", "max_pool2d",
+       "relu", "sigmoid", "tanh", "add")
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    transformers: dict
+    from_bounds: Callable  # (lower, upper) Tensors (batch, *shape) -> element
+
+    def linf_ball(self, x, eps, clip=(0.0, 1.0)):
+        """The L∞ ball of radius ``eps`` around each input of the batch ``x``, intersected with ``clip``."""
+        x = ad.as_tensor(x)
+        eps_value = float(eps) if not hasattr(eps, "shape") or ad.as_tensor(eps).numpy().size == 1 else None
+        if eps_value is not None and (math.isnan(eps_value) or eps_value < 0):
+            raise ValueError(f"eps must be a non-negative number, got {eps}")
+        lower, upper = x - eps, x + eps
+        if clip is not None:
+            lo, hi = clip
+            if lo > hi:
+                raise ValueError(f"clip range is empty: {clip}")
+            lower = ad.clip(lower, lower=lo, upper=hi)
+            upper = ad.clip(upper, lower=lo, upper=hi)
+        return self.from_bounds(lower, upper)
+
+
+_REGISTRY: dict[str, Domain] = {}
+
+
+def register(name: str, transformers: dict, from_bounds: Callable) -> Domain:
+    missing = [op for op in OPS if op not in transformers]
+    if missing:
+        raise ValueError(f"domain {name!r} lacks transformers for {missing}")
+    _REGISTRY[name] = Domain(name, transformers, from_bounds)
+    return _REGISTRY[name]
+
+
+def get(name: str) -> Domain:
+    """The domain called ``name`` (see ``names()``)."""
+    _load_all()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown domain {name!r}; choose one of {names()}")
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    _load_all()
+    return list(_REGISTRY)
+
+
+def domain_of(element) -> Domain:
+    """The domain an element belongs to: Tensors and arrays are points."""
+    name = getattr(element, "domain", None)
+    return get(name) if isinstance(name, str) else get("point")
+
+
+def _load_all():
+    if "point" in _REGISTRY:
+        return
+    from refcert.domains import point
+    register("point", point.TRANSFORMERS, point.from_bounds)
+    for module in _DOMAIN_MODULES:
+        if importlib.util.find_spec(f"refcert.domains.{module}") is not None:  # TODO: drop guard once all exist
+            importlib.import_module(f"refcert.domains.{module}")
+
+
+#: modules that register further domains when imported (each calls ``register`` at import time)
+_DOMAIN_MODULES: list[str] = ["box", "zonotope", "deeppoly", "line"]

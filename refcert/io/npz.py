@@ -1,0 +1,117 @@
+"""Model files: one ``.npz`` holding the architecture as JSON and every weight array.
+
+Loaded with ``allow_pickle=False``; a corrupt, truncated or mismatched file raises ``ModelFileError``
+naming the file and the problem.  Writes are atomic (temporary file in the same folder, then rename).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from refcert import nn
+from refcert.autodiff import Tensor
+
+FORMAT = "refcert-model-1"
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be read: the message names the file and what is wrong."""
+
+
+def _describe(module: nn.Module) -> dict:
+    entry = {"type": type(module).__name__, "config": module.config()}
+    if isinstance(module, nn.Sequential):
+        entry["layers"] = [_describe(layer) for layer in module.layers]
+    elif isinstance(module, nn.Residual):
+        entry["block"], entry["shortcut"] = _describe(module.block), _describe(module.shortcut)
+    return entry
+
+
+def _build(entry: dict, path) -> nn.Module:
+    kind = entry.get("type")
+    if kind not in nn.LAYER_TYPES:
+        raise ModelFileError(f"{path}: unknown layer type {kind!r}")
+    if kind == "Sequential":
+        return nn.Sequential(*[_build(e, path) for e in entry.get("layers", [])])
+    if kind == "Residual":
+        return nn.Residual(_build(entry["block"], path), _build(entry["shortcut"], path))
+    try:
+        return nn.LAYER_TYPES[kind](**entry.get("config", {}))
+    except (TypeError, ValueError) as err:
+        raise ModelFileError(f"{path}: layer {kind} has a bad configuration: {err}") from err
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def save(net: nn.Module, path) -> None:
+    """Write ``net`` (architecture and weights) to ``path`` atomically."""
+    header = json.dumps({"format": FORMAT, "network": _describe(net)}).encode()
+    arrays = {name: t.numpy() for name, t in net.named_parameters().items()}
+    arrays["__architecture__"] = np.frombuffer(header, dtype=np.uint8)
+    atomic_write(path, lambda stream: np.savez(stream, **arrays))
+
+
+def load(path) -> nn.Module:
+    """Read a network written by ``save``."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as err:
+        raise ModelFileError(f"{path}: not a readable refcert model file ({err})") from err
+    if "__architecture__" not in arrays:
+        raise ModelFileError(f"{path}: no architecture record (not written by refcert.save?)")
+    try:
+        header = json.loads(arrays.pop("__architecture__").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{path}: architecture record is corrupt ({err})") from err
+    if header.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: unsupported format {header.get('format')!r}, expected {FORMAT!r}")
+    net = _build(header["network"], path)
+    expected = net.named_parameters()
+    missing = sorted(set(expected) - set(arrays))
+    extra = sorted(set(arrays) - set(expected))
+    if missing or extra:
+        raise ModelFileError(f"{path}: weights do not match the architecture (missing {missing}, unexpected {extra})")
+    _assign(net, arrays, path)
+    return net
+
+
+def _assign(module: nn.Module, arrays: dict, path, prefix: str = "") -> None:
+    if isinstance(module, nn.Sequential):
+        for i, layer in enumerate(module.layers):
+            _assign(layer, arrays, path, f"{prefix}{i}.")
+        return
+    if isinstance(module, nn.Residual):
+        _assign(module.block, arrays, path, prefix + "block.")
+        _assign(module.shortcut, arrays, path, prefix + "shortcut.")
+        return
+    for key, value in module.params.items():
+        name = prefix + key
+        if name in arrays:
+            array = arrays[name]
+            if array.shape != tuple(value.shape):
+                raise ModelFileError(f"{path}: weight {name} has shape {array.shape}, expected {tuple(value.shape)}")
+            if not np.all(np.isfinite(array)):
+                raise ModelFileError(f"{path}: weight {name} contains NaN or infinity")
+            module.params[key] = Tensor(array, requires_grad=True)

@@ -1,0 +1,226 @@
+"""Layers and networks: each layer is an op name from the shared vocabulary plus its parameters.
+
+``net(x)`` runs ``refcert.interpret.run`` on x, so the same network evaluates concrete inputs and
+abstract elements of any domain.  Conventions follow PyTorch: ``Linear.weight`` is (out, in),
+``Conv2d.weight`` is (out_channels, in_channels, kh, kw), inputs are NCHW batches, and parameters
+start from PyTorch's default uniform initialisation U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+Weights are drawn from NumPy's generator (``seed(s)`` or a layer's ``rng=``) so a seed gives the same
+network on every backend; ``dtype`` defaults to float32.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from refcert import interpret
+from refcert.autodiff import Tensor
+
+_rng = np.random.default_rng(0)
+
+
+def seed(value: int) -> None:
+    """Reset the generator that new layers draw their initial weights from."""
+    global _rng
+    _rng = np.random.default_rng(value)
+
+
+def _uniform(shape, bound, rng, dtype):
+    rng = _rng if rng is None else rng
+    return Tensor(rng.uniform(-bound, bound, size=shape).astype(dtype), requires_grad=True)
+
+
+class Module:
+    """A layer: ``op`` (a name in the domains' tables) and ``params`` (keyword arguments of that op)."""
+
+    op: str | None = None
+    structure: str | None = None  # "sequential" | "residual" for the two structural layers
+
+    def __init__(self):
+        self.params: dict = {}
+
+    def __call__(self, x):
+        return interpret.run([self], x)
+
+    def config(self) -> dict:
+        """Constructor arguments (JSON-serialisable), used by refcert.save."""
+        return {}
+
+    def named_parameters(self, prefix: str = "") -> dict[str, Tensor]:
+        return {prefix + k: v for k, v in self.params.items() if isinstance(v, Tensor) and v.requires_grad}
+
+    def parameters(self) -> list[Tensor]:
+        return list(self.named_parameters().values())
+
+    def astype(self, dtype: str):
+        """Convert every parameter to ``dtype`` ('float32' or 'float64') in place; returns self."""
+        for key, value in self.params.items():
+            if isinstance(value, Tensor):
+                self.params[key] = Tensor(value.numpy().astype(dtype), requires_grad=value.requires_grad)
+        for child in self.children():
+            child.astype(dtype)
+        return self
+
+    def children(self) -> list["Module"]:
+        return []
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Linear(Module):
+    op = "linear"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rng=None, dtype="float32"):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        bound = 1.0 / np.sqrt(in_features)
+        self.params = {"weight": _uniform((out_features, in_features), bound, rng, dtype),
+                       "bias": _uniform((out_features,), bound, rng, dtype) if bias else None}
+
+    weight = property(lambda self: self.params["weight"])
+    bias = property(lambda self: self.params["bias"])
+
+    def config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.params["bias"] is not None}
+
+
+class Conv2d(Module):
+    op = "conv2d"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, bias: bool = True, *, rng=None, dtype="float32"):
+        super().__init__()
+        self.in_channels, self.out_channels, self.kernel_size = int(in_channels), int(out_channels), int(kernel_size)
+        bound = 1.0 / np.sqrt(in_channels * kernel_size * kernel_size)
+        shape = (out_channels, in_channels, kernel_size, kernel_size)
+        self.params = {"weight": _uniform(shape, bound, rng, dtype),
+                       "bias": _uniform((out_channels,), bound, rng, dtype) if bias else None,
+                       "stride": int(stride), "padding": int(padding)}
+
+    weight = property(lambda self: self.params["weight"])
+    bias = property(lambda self: self.params["bias"])
+
+    def config(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": self.kernel_size, "stride": self.params["stride"],
+                "padding": self.params["padding"], "bias": self.params["bias"] is not None}
+
+
+class Normalize(Module):
+    """(x - mean) / std per channel (the first feature axis); constants, not trained."""
+    op = "normalize"
+
+    def __init__(self, mean, std, *, dtype="float32"):
+        super().__init__()
+        mean = np.atleast_1d(np.asarray(mean, dtype=dtype))
+        std = np.atleast_1d(np.asarray(std, dtype=dtype))
+        if mean.shape != std.shape or mean.ndim != 1:
+            raise ValueError(f"Normalize needs mean and std of one shape (channels,), got {mean.shape}, {std.shape}")
+        if not np.all(std > 0):
+            raise ValueError(f"Normalize needs std > 0, got {std.tolist()}")
+        self.params = {"mean": Tensor(mean), "std": Tensor(std)}
+
+    def config(self):
+        return {"mean": self.params["mean"].numpy().tolist(), "std": self.params["std"].numpy().tolist()}
+
+
+class _Parameterless(Module):
+    def __init__(self):
+        super().__init__()
+
+
+class ReLU(_Parameterless):
+    op = "relu"
+
+
+class Sigmoid(_Parameterless):
+    op = "sigmoid"
+
+
+class Tanh(_Parameterless):
+    op = "tanh"
+
+
+class Flatten(_Parameterless):
+    """Flatten every axis after the batch axis."""
+    op = "flatten"
+
+
+class _Pool(Module):
+    def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0):
+        super().__init__()
+        self.params = {"kernel_size": int(kernel_size),
+                       "stride": int(kernel_size if stride is None else stride), "padding": int(padding)}
+
+    def config(self):
+        return dict(self.params)
+
+
+class AvgPool2d(_Pool):
+    op = "avg_pool2d"
+
+
+class MaxPool2d(_Pool):
+    op = "max_pool2d"
+
+
+class Sequential(Module):
+    structure = "sequential"
+
+    def __init__(self, *layers: Module):
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for layer in layers:
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential takes layers, got {type(layer).__name__}")
+        self.layers = list(layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, index):
+        return Sequential(*self.layers[index]) if isinstance(index, slice) else self.layers[index]
+
+    def children(self):
+        return list(self.layers)
+
+    def named_parameters(self, prefix: str = "") -> dict[str, Tensor]:
+        named = {}
+        for i, layer in enumerate(self.layers):
+            named.update(layer.named_parameters(f"{prefix}{i}."))
+        return named
+
+    def __repr__(self):
+        inner = "\n".join("  " + repr(layer).replace("\n", "\n  ") for layer in self.layers)
+        return f"Sequential(\n{inner}\n)"
+
+
+class Residual(Module):
+    """y = block(x) + shortcut(x); the shortcut defaults to the identity."""
+    structure = "residual"
+
+    def __init__(self, block: Module, shortcut: Module | None = None):
+        super().__init__()
+        self.block = block if isinstance(block, Sequential) else Sequential(block)
+        shortcut = Sequential() if shortcut is None else shortcut
+        self.shortcut = shortcut if isinstance(shortcut, Sequential) else Sequential(shortcut)
+
+    def children(self):
+        return [self.block, self.shortcut]
+
+    def named_parameters(self, prefix: str = "") -> dict[str, Tensor]:
+        return {**self.block.named_parameters(prefix + "block."),
+                **self.shortcut.named_parameters(prefix + "shortcut.")}
+
+    def __repr__(self):
+        return f"Residual(block={self.block!r}, shortcut={self.shortcut!r})"
+
+
+#: layer classes by name, for refcert.save / refcert.load
+LAYER_TYPES = {cls.__name__: cls for cls in (Linear, Conv2d, Normalize, ReLU, Sigmoid, Tanh, Flatten,
+                                             AvgPool2d, MaxPool2d, Sequential, Residual)}
