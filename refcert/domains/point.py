@@ -13,7 +13,19 @@ NAME = "point"
 
 
 def linear(x: Tensor, *, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """x (..., in) -> x Wᵀ + b, (..., out)."""
+    """x (batch, ..., in) -> x Wᵀ + b, (batch, ..., out).
+
+    ``weight`` is (out, in), shared by the batch, or (batch, out, in), one map per input (how a
+    specification C y with per-input labels is applied); ``bias`` is then (out,) or (batch, out).
+    """
+    if weight.ndim == 3:
+        lead = x.shape[1:-1]
+        flat = ad.reshape(x, shape=(x.shape[0], -1, x.shape[-1]))
+        y = ad.matmul(flat, ad.transpose(weight, axes=(0, 2, 1)))
+        y = ad.reshape(y, shape=(x.shape[0],) + lead + (weight.shape[1],))
+        if bias is not None:
+            y = y + ad.reshape(bias, shape=(x.shape[0],) + (1,) * len(lead) + (weight.shape[1],))
+        return y
     y = ad.matmul(x, weight.T)
     return y if bias is None else y + bias
 
