@@ -11,6 +11,7 @@ recorded.  All arithmetic goes through the active backend's array namespace (``r
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from typing import Callable
 
@@ -115,7 +116,8 @@ class Tensor:
             g = grads.pop(id(tensor), None)
             if g is None:
                 continue
-            if tensor._node is None:
+            if tensor._node is None:  # a leaf: store its gradient in row-major order (a transposed view,
+                g = _row_major(g)       # as linear layers' weights get, slows every later optimiser step)
                 tensor.grad = g if tensor.grad is None else tensor.grad + g
                 continue
             name, parents, args, params, ans = tensor._node
@@ -124,6 +126,12 @@ class Tensor:
                 contribution = vjps[position](g, ans, *args, **params)
                 key = id(parent)
                 grads[key] = contribution if key not in grads else grads[key] + contribution
+
+
+def _row_major(a):
+    """``a`` itself when it is stored row-major; else a row-major copy (reshape copies exactly then)."""
+    xp = _xp()
+    return xp.reshape(xp.reshape(a, (-1,)), a.shape)
 
 
 def _not_scalar(tensor):
@@ -153,8 +161,8 @@ OPS: dict[str, tuple[Callable, tuple[Callable, ...]]] = {}
 def _as_operand(value):
     if isinstance(value, Tensor):
         return value.value
-    if isinstance(value, (int, float, bool)):
-        return value
+    if type(value) in (int, float, bool):  # Python scalars stay "weak" (they keep float32 float32);
+        return value                       # NumPy scalars become 0-d arrays, as in NumPy's own promotion
     return backends.current().asarray(value)
 
 
@@ -249,7 +257,7 @@ where = primitive(  # where(condition, x, y); the condition is a constant boolea
     lambda g, ans, c, x, y: unbroadcast(_xp().where(c, 0.0, g), _shape(y)))
 
 # --- elementwise functions --------------------------------------------------------------------
-relu = primitive("relu", lambda x: _xp().maximum(x, 0.0), lambda g, ans, x: g * _to_dtype(x > 0, g))
+relu = primitive("relu", lambda x: _xp().maximum(x, 0.0), lambda g, ans, x: _xp().where(x > 0, g, 0.0))
 abs = primitive("abs", lambda x: _xp().abs(x), lambda g, ans, x: g * _xp().sign(x))
 exp = primitive("exp", lambda x: _xp().exp(x), lambda g, ans, x: g * ans)
 log = primitive("log", lambda x: _xp().log(x), lambda g, ans, x: g / x)
@@ -321,6 +329,8 @@ def _matmul_vjp_y(g, ans, x, y):
     xp = _xp()
     if y.ndim == 1:
         return xp.reshape(xp.sum(xp.reshape(g[..., None] * x, (-1, y.shape[0])), axis=0), y.shape)
+    if y.ndim == 2:  # fold x's leading axes into rows: one matrix product, nothing to sum afterwards
+        return _swap_last(xp.reshape(x, (-1, x.shape[-1]))) @ xp.reshape(g, (-1, g.shape[-1]))
     return unbroadcast(_swap_last(x) @ g, y.shape)
 
 
@@ -340,13 +350,21 @@ def _inverse_permutation(axes):
     return tuple(inverse)
 
 
+def _explicit_index(index):
+    """NumPy's x[0] on a 3-d x means x[0, ...]; the array API wants that trailing ellipsis spelled out."""
+    index = index if isinstance(index, tuple) else (index,)
+    if all(isinstance(i, (int, slice)) for i in index):
+        index = index + (Ellipsis,)
+    return index
+
+
 def _getitem_vjp(g, ans, x, *, index):
     out = _xp().zeros_like(x)
-    out[index] = g
+    out[_explicit_index(index)] = g
     return out
 
 
-getitem = primitive("getitem", lambda x, *, index: x[index], _getitem_vjp)  # basic indexing only
+getitem = primitive("getitem", lambda x, *, index: x[_explicit_index(index)], _getitem_vjp)  # basic indexing only
 
 
 def _concat_forward(*xs, axis=0):
@@ -412,20 +430,33 @@ def _out_size(size, kernel, stride, padding):
     return out
 
 
-def _windows(kernel_h, kernel_w, stride, out_h, out_w):
-    """The slice of the padded input that each kernel position (i, j) sees, row-major."""
+def _windows(kernel_h, kernel_w, stride, out_h, out_w, batch_last=False):
+    """The slice of the padded input that each kernel position (i, j) sees, row-major.
+
+    The slices index the two spatial axes, which are the last two, or (``batch_last``) the two before
+    a trailing batch axis.
+    """
+    trailing = (slice(None),) if batch_last else ()
     return [(..., slice(i, i + stride * (out_h - 1) + 1, stride), slice(j, j + stride * (out_w - 1) + 1, stride))
-            for i in range(kernel_h) for j in range(kernel_w)]
+            + trailing for i in range(kernel_h) for j in range(kernel_w)]
 
 
 def _im2col(x, kernel_h, kernel_w, stride, padding):
-    """(B, C, H, W) -> columns (B, C*kh*kw, Ho*Wo) with index c*kh*kw + i*kw + j, and (Ho, Wo)."""
+    """(B, C, H, W) -> columns (C*kh*kw, Ho*Wo*B), and (Ho, Wo).
+
+    Row c*kh*kw + i*kw + j, column (p*Wo + q)*B + b holds padded x[b, c, p*stride + i, q*stride + j], so
+    ``W.reshape(O, -1) @ columns`` is the whole convolution as one matrix product.  The batch is the
+    fastest axis (layout C, H, W, B), so each window copy runs over long contiguous rows.
+    """
     xp = _xp()
-    out_h = _out_size(x.shape[2], kernel_h, stride, padding)
-    out_w = _out_size(x.shape[3], kernel_w, stride, padding)
-    padded = _pad_hw(x, padding)
-    cols = xp.stack([padded[w] for w in _windows(kernel_h, kernel_w, stride, out_h, out_w)], axis=2)
-    return xp.reshape(cols, (x.shape[0], x.shape[1] * kernel_h * kernel_w, out_h * out_w)), (out_h, out_w)
+    batch, channels, height, width = x.shape
+    out_h = _out_size(height, kernel_h, stride, padding)
+    out_w = _out_size(width, kernel_w, stride, padding)
+    padded = xp.zeros((channels, height + 2 * padding, width + 2 * padding, batch), dtype=x.dtype)
+    padded[:, padding:padding + height, padding:padding + width, :] = xp.permute_dims(x, (1, 2, 3, 0))
+    windows = _windows(kernel_h, kernel_w, stride, out_h, out_w, batch_last=True)
+    cols = xp.stack([padded[w] for w in windows], axis=1)  # (C, kh*kw, Ho, Wo, B)
+    return xp.reshape(cols, (channels * kernel_h * kernel_w, out_h * out_w * batch)), (out_h, out_w)
 
 
 def _col2im(cols, input_shape, kernel_h, kernel_w, stride, padding):
@@ -434,46 +465,69 @@ def _col2im(cols, input_shape, kernel_h, kernel_w, stride, padding):
     batch, channels, height, width = input_shape
     out_h = _out_size(height, kernel_h, stride, padding)
     out_w = _out_size(width, kernel_w, stride, padding)
-    cols = xp.reshape(cols, (batch, channels, kernel_h * kernel_w, out_h, out_w))
-    padded = xp.zeros((batch, channels, height + 2 * padding, width + 2 * padding), dtype=cols.dtype)
-    for position, window in enumerate(_windows(kernel_h, kernel_w, stride, out_h, out_w)):
-        padded[window] = padded[window] + cols[:, :, position]
-    return _unpad_hw(padded, padding)
+    cols = xp.reshape(cols, (channels, kernel_h * kernel_w, out_h, out_w, batch))
+    padded = xp.zeros((channels, height + 2 * padding, width + 2 * padding, batch), dtype=cols.dtype)
+    for position, window in enumerate(_windows(kernel_h, kernel_w, stride, out_h, out_w, batch_last=True)):
+        padded[window] += cols[:, position, ...]
+    inside = padded[:, padding:padding + height, padding:padding + width, :]
+    return xp.permute_dims(inside, (3, 0, 1, 2))
+
+
+im2col = primitive(  # conv2d = im2col, then one matrix product with the kernel (see conv2d below)
+    "im2col",
+    lambda x, *, kernel_hw, stride, padding: _im2col(x, *kernel_hw, stride, padding)[0],
+    lambda g, ans, x, *, kernel_hw, stride, padding: _col2im(g, x.shape, *kernel_hw, stride, padding))
+
+
+def _check_conv(x_shape, w_shape):
+    if len(x_shape) != 4 or len(w_shape) != 4 or x_shape[1] != w_shape[1]:
+        raise ValueError(f"conv2d needs x (B, C, H, W) and weight (O, C, kh, kw), got {x_shape} and {w_shape}")
+
+
+def _by_channel(y):
+    """(B, O, Ho, Wo) -> (O, Ho*Wo*B), the layout of im2col's columns."""
+    xp = _xp()
+    return xp.reshape(xp.permute_dims(y, (1, 2, 3, 0)), (y.shape[1], -1))
+
+
+def _from_channel(out, batch, out_hw):
+    """(O, Ho*Wo*B) -> (B, O, Ho, Wo) (a view: no copy)."""
+    xp = _xp()
+    return xp.permute_dims(xp.reshape(out, (out.shape[0],) + tuple(out_hw) + (batch,)), (3, 0, 1, 2))
+
+
+def conv2d(x, w, *, stride=1, padding=0):
+    """Cross-correlation of x (B, C, H, W) with w (O, C, kh, kw) -> (B, O, Ho, Wo); the layer adds the bias.
+
+    Built from primitives (im2col, matmul, reshape, transpose), so the graph keeps the columns and the
+    weight gradient reuses them: d/dW = g (O, Ho*Wo*B) @ columns^T, one matrix product.
+    """
+    _check_conv(_shape(x), _shape(w))
+    out_h = _out_size(_shape(x)[2], _shape(w)[2], stride, padding)
+    out_w = _out_size(_shape(x)[3], _shape(w)[3], stride, padding)
+    cols = im2col(x, kernel_hw=tuple(_shape(w)[2:]), stride=stride, padding=padding)
+    out = matmul(reshape(w, shape=(_shape(w)[0], -1)), cols)                        # (O, Ho*Wo*B)
+    out = reshape(out, shape=(_shape(w)[0], out_h, out_w, _shape(x)[0]))
+    return transpose(out, axes=(3, 0, 1, 2))
 
 
 def _conv2d(x, w, *, stride=1, padding=0):
-    xp = _xp()
-    if x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
-        raise ValueError(f"conv2d needs x (B, C, H, W) and weight (O, C, kh, kw), got {x.shape} and {w.shape}")
-    cols, (out_h, out_w) = _im2col(x, w.shape[2], w.shape[3], stride, padding)
-    out = xp.reshape(w, (w.shape[0], -1)) @ cols
-    return xp.reshape(out, (x.shape[0], w.shape[0], out_h, out_w))
-
-
-def _conv2d_vjp_x(g, ans, x, w, *, stride=1, padding=0):
-    return _conv_transpose2d(g, w, stride=stride, padding=padding, input_hw=x.shape[2:])
+    """conv2d on arrays (no graph), for conv_transpose2d's vjp."""
+    _check_conv(x.shape, w.shape)
+    cols, out_hw = _im2col(x, w.shape[2], w.shape[3], stride, padding)
+    return _from_channel(_xp().reshape(w, (w.shape[0], -1)) @ cols, x.shape[0], out_hw)
 
 
 def _conv_weight_grad(g, x, w_shape, stride, padding):
-    """d<g, conv2d(x, w)>/dw: the gradient of a convolution with respect to its kernel."""
-    xp = _xp()
+    """d<g, conv2d(x, w)>/dw for g (B, O, Ho, Wo): the gradient of a convolution with respect to its kernel."""
     cols, _ = _im2col(x, w_shape[2], w_shape[3], stride, padding)
-    g = xp.reshape(g, (g.shape[0], g.shape[1], -1))
-    return xp.reshape(xp.tensordot(g, cols, axes=([0, 2], [0, 2])), tuple(w_shape))
-
-
-def _conv2d_vjp_w(g, ans, x, w, *, stride=1, padding=0):
-    return _conv_weight_grad(g, x, w.shape, stride, padding)
-
-
-conv2d = primitive("conv2d", _conv2d, _conv2d_vjp_x, _conv2d_vjp_w)  # bias is added by the layer
+    return _xp().reshape(_by_channel(g) @ _swap_last(cols), tuple(w_shape))
 
 
 def _conv_transpose2d(y, w, *, stride=1, padding=0, input_hw):
     """The adjoint of conv2d in x: maps (B, O, Ho, Wo) back to (B, C, H, W) with H, W = input_hw."""
     xp = _xp()
-    y2 = xp.reshape(y, (y.shape[0], y.shape[1], -1))
-    cols = _swap_last(xp.reshape(w, (w.shape[0], -1))) @ y2
+    cols = _swap_last(xp.reshape(w, (w.shape[0], -1))) @ _by_channel(y)   # (C*kh*kw, Ho*Wo*B)
     shape = (y.shape[0], w.shape[1], int(input_hw[0]), int(input_hw[1]))
     return _col2im(cols, shape, w.shape[2], w.shape[3], stride, padding)
 
@@ -514,9 +568,10 @@ avg_pool2d = primitive("avg_pool2d", _avg_pool2d, _avg_pool2d_vjp)
 
 def _max_pool_stack(x, kernel_size, stride, padding):
     xp = _xp()
-    if padding:
-        low = xp.min(x) - 1.0
-        padded = xp.full(x.shape[:2] + (x.shape[2] + 2 * padding, x.shape[3] + 2 * padding), low, dtype=x.dtype)
+    if padding > kernel_size // 2:
+        raise ValueError(f"max_pool2d padding {padding} exceeds half the kernel size {kernel_size} (as PyTorch requires)")
+    if padding:  # padded positions never win: -inf (PyTorch's max_pool2d pads the same way)
+        padded = xp.full(x.shape[:2] + (x.shape[2] + 2 * padding, x.shape[3] + 2 * padding), -math.inf, dtype=x.dtype)
         padded[..., padding:-padding, padding:-padding] = x
     else:
         padded = x

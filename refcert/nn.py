@@ -122,7 +122,8 @@ class Normalize(Module):
         self.params = {"mean": Tensor(mean), "std": Tensor(std)}
 
     def config(self):
-        return {"mean": self.params["mean"].numpy().tolist(), "std": self.params["std"].numpy().tolist()}
+        mean = self.params["mean"].numpy()
+        return {"mean": mean.tolist(), "std": self.params["std"].numpy().tolist(), "dtype": str(mean.dtype)}
 
 
 class _Parameterless(Module):

@@ -30,6 +30,7 @@ class SGD(Optimizer):
         self.velocity = [None] * len(self.parameters)
 
     def step(self):
+        """PyTorch's SGD (no dampening): g = grad + wd p; v = momentum v + g (v = g at first); p -= lr v."""
         for i, p in enumerate(self.parameters):
             if p.grad is None:
                 continue
@@ -49,21 +50,35 @@ class Adam(Optimizer):
         xp = backends.current().xp
         self.m = [xp.zeros_like(p.value) for p in self.parameters]
         self.v = [xp.zeros_like(p.value) for p in self.parameters]
-        self.t = 0
+        self.t = 0                                # steps taken
+        self.steps = [0] * len(self.parameters)   # steps each parameter took (one without .grad is skipped)
 
     def step(self):
+        """PyTorch's Adam (L2 weight decay): m, v moving averages; p -= lr * m_hat / (sqrt(v_hat) + eps)."""
         xp = backends.current().xp
         self.t += 1
-        correction1 = 1.0 - self.beta1 ** self.t
-        correction2 = 1.0 - self.beta2 ** self.t
-        step_size = self.lr * math.sqrt(correction2) / correction1
         for i, p in enumerate(self.parameters):
             if p.grad is None:
                 continue
+            self.steps[i] += 1
+            correction1 = 1.0 - self.beta1 ** self.steps[i]
+            correction2 = 1.0 - self.beta2 ** self.steps[i]
+            step_size = self.lr * math.sqrt(correction2) / correction1
             g = p.grad + self.weight_decay * p.value if self.weight_decay else p.grad
-            self.m[i] = self.beta1 * self.m[i] + (1.0 - self.beta1) * g
-            self.v[i] = self.beta2 * self.v[i] + (1.0 - self.beta2) * (g * g)
-            p.value = p.value - step_size * self.m[i] / (xp.sqrt(self.v[i]) + self.eps * math.sqrt(correction2))
+            # m = beta1 m + (1 - beta1) g, written as g + beta1 (m - g) so the optimiser's own state is
+            # updated in place: allocating fresh temporaries costs more than the arithmetic here
+            m, v, g_squared = self.m[i], self.v[i], g * g
+            m -= g
+            m *= self.beta1
+            m += g
+            v -= g_squared
+            v *= self.beta2
+            v += g_squared
+            denominator = xp.sqrt(v)
+            denominator += self.eps * math.sqrt(correction2)
+            update = m / denominator
+            update *= step_size
+            p.value = p.value - update    # a new array: a value held elsewhere (a graph, a snapshot) stays as it was
 
 
 def clip_grad_norm(parameters, max_norm: float) -> float:

@@ -31,16 +31,25 @@ def _describe(module: nn.Module) -> dict:
     return entry
 
 
+def _field(entry, key, kind, path):
+    """entry[key], checked to be of type ``kind``, or a ModelFileError naming what is missing."""
+    if not isinstance(entry, dict) or not isinstance(entry.get(key), kind):
+        raise ModelFileError(f"{path}: architecture record is malformed: expected a {kind.__name__} "
+                             f"{key!r} in {str(entry)[:80]}")
+    return entry[key]
+
+
 def _build(entry: dict, path) -> nn.Module:
-    kind = entry.get("type")
+    kind = _field(entry, "type", str, path)
     if kind not in nn.LAYER_TYPES:
         raise ModelFileError(f"{path}: unknown layer type {kind!r}")
     if kind == "Sequential":
-        return nn.Sequential(*[_build(e, path) for e in entry.get("layers", [])])
+        return nn.Sequential(*[_build(e, path) for e in _field(entry, "layers", list, path)])
     if kind == "Residual":
-        return nn.Residual(_build(entry["block"], path), _build(entry["shortcut"], path))
+        return nn.Residual(_build(_field(entry, "block", dict, path), path),
+                           _build(_field(entry, "shortcut", dict, path), path))
     try:
-        return nn.LAYER_TYPES[kind](**entry.get("config", {}))
+        return nn.LAYER_TYPES[kind](**_field(entry, "config", dict, path))
     except (TypeError, ValueError) as err:
         raise ModelFileError(f"{path}: layer {kind} has a bad configuration: {err}") from err
 
@@ -85,9 +94,10 @@ def load(path) -> nn.Module:
         header = json.loads(arrays.pop("__architecture__").tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelFileError(f"{path}: architecture record is corrupt ({err})") from err
-    if header.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: unsupported format {header.get('format')!r}, expected {FORMAT!r}")
-    net = _build(header["network"], path)
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise ModelFileError(f"{path}: unsupported format {found!r}, expected {FORMAT!r}")
+    net = _build(_field(header, "network", dict, path), path)
     expected = net.named_parameters()
     missing = sorted(set(expected) - set(arrays))
     extra = sorted(set(arrays) - set(expected))
@@ -110,6 +120,8 @@ def _assign(module: nn.Module, arrays: dict, path, prefix: str = "") -> None:
         name = prefix + key
         if name in arrays:
             array = arrays[name]
+            if array.dtype not in (np.float32, np.float64):
+                raise ModelFileError(f"{path}: weight {name} has dtype {array.dtype}, expected float32 or float64")
             if array.shape != tuple(value.shape):
                 raise ModelFileError(f"{path}: weight {name} has shape {array.shape}, expected {tuple(value.shape)}")
             if not np.all(np.isfinite(array)):
