@@ -1,0 +1,136 @@
+"""Certify that a whole segment x(t) = x_from + t (x_to − x_from), t ∈ [0, 1], keeps one class.
+
+REFERENCES.md, "Line specifications".  ``exactline`` (Sotoudeh & Thakur, NeurIPS'19) is exact for
+piecewise-linear nets: it proves or refutes and gives the exact fraction of the path per class.
+``approxline`` (Mirman et al., PLDI'21) keeps at most ``budget`` parts (sound intervals for the
+fractions).  ``deepzono`` (the segment is a zonotope with one generator) and ``box`` (the segment's
+bounding box) are there for comparison.  Verified iff the lower bound of every y_label − y_j over the
+segment is > 0; falsified only by a point of the segment that a fresh forward pass misclassifies.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from refcert import autodiff as ad
+from refcert import backends, domains, interpret, nn, spec
+from refcert.autodiff import Tensor, no_grad
+from refcert.domains import line, line_certify
+
+SEGMENT_DOMAINS = ("exactline", "approxline", "deepzono", "box")
+#: evenly spaced t checked concretely when looking for a counterexample (besides the line pieces)
+PROBES = 33
+#: most line pieces of another class that are re-checked by a forward pass
+WITNESS_TRIES = 32
+
+
+@dataclass
+class SegmentResult:
+    domain: str
+    label: int
+    verdict: str                          # 'verified' | 'falsified' | 'unknown'
+    margin: float                         # certified lower bound of min_j y_label − y_j over the segment
+    fractions_lower: np.ndarray | None    # (n,) per class; exact (== upper) for exactline; None for box/deepzono
+    fractions_upper: np.ndarray | None
+    counterexample: np.ndarray | None     # (*shape) a point of the segment with another class
+    t_counterexample: float | None
+    parts: int | None                     # number of output parts (line domains)
+    seconds: float
+
+
+def _input(x, name: str) -> np.ndarray:
+    x = np.asarray(backends.to_numpy(ad.as_tensor(x).value), dtype=float)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"certify_segment: {name} must be finite")
+    return x
+
+
+def _element(domain: str, x_from: np.ndarray, x_to: np.ndarray, budget):
+    """The segment as an element of ``domain``; inputs (1, *shape)."""
+    if domain in ("exactline", "approxline"):
+        return line.segment(x_from, x_to, domain=domain, budget=budget)
+    if budget is not None:
+        raise ValueError(f"budget applies to approxline only, not {domain!r}")
+    if domain == "box":
+        return domains.get("box").from_bounds(np.minimum(x_from, x_to), np.maximum(x_from, x_to))
+    center, generator = (x_from + x_to) / 2, (x_to - x_from) / 2
+    if domain not in domains.names():
+        raise ValueError(f"certify_segment: domain {domain!r} is not available (have {domains.names()})")
+    from refcert.domains import zonotope
+    try:  # center (1, *shape), one generator (1, 1, *shape)
+        return zonotope.Zonotope(center=Tensor(center), generators=Tensor(generator[:, None]))
+    except (AttributeError, TypeError) as error:
+        raise NotImplementedError(f"certify_segment: cannot build a one-generator zonotope "
+                                  f"(refcert.domains.zonotope.Zonotope(center=, generators=)): {error}") from error
+
+
+def _layers(net) -> list:
+    return list(net.layers) if isinstance(net, nn.Sequential) else [net]
+
+
+def certify_segment(net, x_from, x_to, label: int, domain: str = "exactline",
+                    budget: int | None = None) -> SegmentResult:
+    """Verdict for the segment x_from → x_to (each (*input_shape), no batch axis) and class ``label``."""
+    if domain not in SEGMENT_DOMAINS:
+        raise ValueError(f"certify_segment: unknown domain {domain!r}; choose one of {SEGMENT_DOMAINS}")
+    a, b = _input(x_from, "x_from")[None], _input(x_to, "x_to")[None]
+    if a.shape != b.shape:
+        raise ValueError(f"certify_segment: x_from {a.shape[1:]} and x_to {b.shape[1:]} differ in shape")
+    dtype = spec._float_dtype(net)
+    a, b = a.astype(dtype), b.astype(dtype)
+    n = spec.output_size(net)
+    if not 0 <= int(label) < n:
+        raise ValueError(f"certify_segment: label {label} outside 0..{n - 1}")
+    start = time.perf_counter()
+    with no_grad():
+        element = _element(domain, a, b, budget)
+        out = interpret.run(_layers(net), element)
+        margin, lows, highs, parts = _margin(out, domain, label, n, dtype)
+        verdict, witness, t_witness = "verified" if margin > 0 else "unknown", None, None
+        if verdict != "verified":
+            t_witness = _find_counterexample(net, a[0], b[0], label, out if domain in ("exactline", "approxline")
+                                             else None)
+            if t_witness is not None:
+                verdict, witness = "falsified", a[0] + t_witness * (b[0] - a[0])
+    return SegmentResult(domain, int(label), verdict, margin, lows, highs, witness, t_witness, parts,
+                         time.perf_counter() - start)
+
+
+def _margin(out, domain: str, label: int, n: int, dtype: str):
+    """(min_j lower bound of y_label − y_j, fraction lows, fraction highs, part count)."""
+    if n == 1:
+        margin = float("inf")
+    else:
+        C = spec.margin_matrix(np.array([label]), n, dtype=dtype)
+        table = domains.get(domain).transformers
+        margin = float(np.min(table["linear"](out, weight=C, bias=None).bounds()[0].numpy()))
+    if domain not in ("exactline", "approxline"):
+        return margin, None, None, None
+    lows, highs = line_certify.class_fractions(out)
+    return margin, lows[0], highs[0], out.items[0].is_box.size
+
+
+def _predicts(net, x: np.ndarray) -> np.ndarray:
+    return np.argmax(net(Tensor(x)).numpy(), axis=-1)
+
+
+def _find_counterexample(net, a: np.ndarray, b: np.ndarray, label: int, out) -> float | None:
+    """A t whose point x(t) a fresh forward pass does not classify as ``label``, or None."""
+    candidates = list(np.linspace(0.0, 1.0, PROBES))
+    if out is not None:
+        pieces = line_certify.class_pieces(out.items[0])
+        other = np.nonzero(pieces.cls != label)[0]
+        other = other[np.argsort(pieces.t_lo[other] - pieces.t_hi[other], kind="stable")][:WITNESS_TRIES]
+        candidates = list((pieces.t_lo[other] + pieces.t_hi[other]) / 2) + candidates
+    t = np.asarray(candidates)
+    points = a[None] + t.reshape((-1,) + (1,) * a.ndim) * (b - a)[None]
+    wrong = np.nonzero(_predicts(net, points) != label)[0]
+    if wrong.size == 0:
+        return None
+    t_found = float(t[wrong[0]])
+    again = a + t_found * (b - a)
+    if _predicts(net, again[None])[0] == label:  # the re-check must agree, else no counterexample
+        return None
+    return t_found
