@@ -11,6 +11,7 @@ import sys
 
 COMMANDS = {
     "info": ("refcert.commands.info", "version, backend, device and dtype"),
+    "certify": ("refcert.commands.certify", "prove robustness of a network on inputs"),
 }
 
 

@@ -1,0 +1,159 @@
+"""Benchmark: milliseconds per image to bound the robustness margin, per domain and network.
+
+    python bench/certify.py                              # all domains, FFNN 6x100, ConvSmall, ConvBig
+    python bench/certify.py --domains deepzono --nets convbig --budget 120
+    python bench/certify.py --net trained.npz --inputs ../shared/datasets/eran/mnist_test.csv
+
+Measures ``spec.margin_bounds`` on an L∞ ball (eps = 0.02 by default; the attack is not timed) at
+batch 1 and at each of ``--batches``, and reports the fastest; the baseline is the concrete forward
+pass of the same net in the same run (column "x forward").  Random PyTorch-style weights unless
+``--net`` is given (random nets have many unstable ReLUs, so they are a hard case for the domains).
+Each measurement has a wall-clock limit (SIGALRM) and the process a memory limit (--max-memory-gb);
+a run that exceeds either prints "timeout" / "out of memory" and the bench moves on.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import signal
+import sys
+import time
+
+import numpy as np
+
+import refcert
+from refcert import backends, domains, nn, spec
+from refcert.autodiff import Tensor, no_grad
+from refcert.certify import ball_domains
+
+
+def ffnn(rng):
+    layers = [nn.Normalize([0.1307], [0.3081]), nn.Flatten()]
+    width = 784
+    for _ in range(6):
+        layers += [nn.Linear(width, 100, rng=rng), nn.ReLU()]
+        width = 100
+    return nn.Sequential(*layers, nn.Linear(width, 10, rng=rng))
+
+
+def conv_small(rng):
+    return nn.Sequential(nn.Normalize([0.1307], [0.3081]), nn.Conv2d(1, 16, 4, 2, 0, rng=rng), nn.ReLU(),
+                         nn.Conv2d(16, 32, 4, 2, 0, rng=rng), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(32 * 5 * 5, 100, rng=rng), nn.ReLU(), nn.Linear(100, 10, rng=rng))
+
+
+def conv_big(rng):
+    return nn.Sequential(nn.Normalize([0.1307], [0.3081]),
+                         nn.Conv2d(1, 32, 3, 1, 1, rng=rng), nn.ReLU(), nn.Conv2d(32, 32, 4, 2, 1, rng=rng), nn.ReLU(),
+                         nn.Conv2d(32, 64, 3, 1, 1, rng=rng), nn.ReLU(), nn.Conv2d(64, 64, 4, 2, 1, rng=rng), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(64 * 7 * 7, 512, rng=rng), nn.ReLU(),
+                         nn.Linear(512, 512, rng=rng), nn.ReLU(), nn.Linear(512, 10, rng=rng))
+
+
+NETS = {"ffnn6x100": ffnn, "convsmall": conv_small, "convbig": conv_big}
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Timeout()
+
+
+def _time_one(fn, limit_s: float) -> float:
+    """Seconds for one call of fn, or raise _Timeout after limit_s."""
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(limit_s, 0.01))
+    try:
+        began = time.perf_counter()
+        fn()
+        return time.perf_counter() - began
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def measure(net, x, y, eps, domain, batch, limit_s, repeat):
+    """ms per image (best of ``repeat``) for margin bounds on a batch, or a string saying why not."""
+    xb, yb = x[:batch], y[:batch]
+    if domain == "forward":
+        run = lambda: net(Tensor(xb)).numpy()
+    else:
+        ball = domains.get(domain).linf_ball
+        run = lambda: spec.margin_bounds(net, ball(Tensor(xb), eps), yb).numpy()
+    best = float("inf")
+    try:
+        with no_grad():
+            for _ in range(repeat):
+                best = min(best, _time_one(run, limit_s))
+                limit_s -= best
+    except _Timeout:
+        return "timeout" if best == float("inf") else 1000 * best / len(xb)
+    except MemoryError:
+        return "out of memory"
+    return 1000 * best / len(xb)
+
+
+def _inputs(path, count, rng):
+    if path:
+        from refcert.datasets.eran import read_eran_csv
+        x, y = read_eran_csv(path)
+        reps = -(-count // len(x))
+        return np.concatenate([x] * reps)[:count], np.concatenate([y] * reps)[:count]
+    return rng.uniform(0, 1, (count, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, count)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--domains", nargs="*", help="default: every registered set domain")
+    parser.add_argument("--nets", nargs="*", choices=list(NETS), default=list(NETS))
+    parser.add_argument("--net", help="a trained net file (refcert.save) instead of random nets")
+    parser.add_argument("--inputs", help="ERAN CSV of MNIST images (default: uniform random images)")
+    parser.add_argument("--eps", type=float, default=0.02)
+    parser.add_argument("--batches", type=int, nargs="*", default=[8, 32])
+    parser.add_argument("--budget", type=float, default=240.0, help="seconds for the whole run")
+    parser.add_argument("--limit", type=float, default=60.0, help="seconds for one measurement")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--max-memory-gb", type=float, default=6.0)
+    parser.add_argument("--backend", default=None, help="numpy | cupy | strict")
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args(argv)
+    limit_bytes = int(args.max_memory_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    names = args.domains or ball_domains()
+    rng = np.random.default_rng(0)
+    nets = {args.net: refcert.load(args.net)} if args.net else {k: NETS[k](rng) for k in args.nets}
+    x, y = _inputs(args.inputs, max([1] + args.batches), rng)
+    x = x.astype(args.dtype)
+    began = time.perf_counter()
+    backend = backends.use(args.backend) if args.backend else backends.use(backends.current().name)
+    with backend as active:
+        print(f"backend {active.name} ({active.device}), eps={args.eps}, dtype={args.dtype}, "
+              f"batches 1 and {args.batches}")
+        header = f"{'net':<11} {'domain':<11} {'batch 1 ms':>11} {'best ms':>9} {'at batch':>8} {'x forward':>10}"
+        print(header + "\n" + "-" * len(header))
+        for net_name, net in nets.items():
+            net.astype(args.dtype)
+            forward = measure(net, x, y, args.eps, "forward", max(args.batches + [1]), 10.0, 3)
+            for domain in names:
+                left = args.budget - (time.perf_counter() - began)
+                if left <= 0:
+                    print(f"{net_name:<11} {domain:<11} {'skipped (budget)':>11}")
+                    continue
+                cells = {1: measure(net, x, y, args.eps, domain, 1, min(args.limit, left), args.repeat)}
+                for batch in args.batches:
+                    left = args.budget - (time.perf_counter() - began)
+                    if isinstance(cells[1], str) or left <= 0:
+                        break
+                    cells[batch] = measure(net, x, y, args.eps, domain, batch, min(args.limit, left), 1)
+                timed = {b: v for b, v in cells.items() if not isinstance(v, str)}
+                at = min(timed, key=timed.get) if timed else None
+                one = cells[1] if isinstance(cells[1], str) else f"{cells[1]:.2f}"
+                best = f"{timed[at]:.2f}" if at else "-"
+                ratio = f"{timed[at] / forward:.0f}" if at and not isinstance(forward, str) else "-"
+                print(f"{net_name:<11} {domain:<11} {one:>11} {best:>9} {at or '-':>8} {ratio:>10}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Certification: prove, falsify or give up on local robustness, input by input (DESIGN.md, "Certification").
+
+For each input x with label t and radius eps the set is S = ball∞(x, eps) ∩ [clip lo, hi] (ERAN's
+convention: pixel space, before the net's own normalisation).  Verdicts:
+
+- ``verified``: the domain's lower bound of min_{j≠t} y_t − y_j over S is > 0 (``refcert.spec``),
+  and that bound is consistent with the concrete margin at x (a looser-than-reality bound is
+  impossible for a sound domain; if it happens we raise rather than certify);
+- ``falsified``: a concrete point of S that the net misclassifies — x itself when the clean
+  prediction is wrong, else one found by PGD — re-checked by a fresh forward pass and a membership test;
+- ``unknown``: neither.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from refcert import attacks, backends, domains, spec
+from refcert import autodiff as ad
+from refcert.autodiff import Tensor
+
+VERDICTS = ("verified", "falsified", "unknown")
+#: slack for membership and soundness re-checks: float32 rounding of x ± eps and of the forward pass
+TOLERANCE = 1e-5
+
+
+@dataclass
+class CertifyResult:
+    """Per-input outcome on one domain; arrays are NumPy, index i is input i."""
+    domain: str
+    eps: float
+    labels: np.ndarray                # (N,) int
+    predicted: np.ndarray             # (N,) clean prediction
+    verdicts: list                    # N strings from VERDICTS
+    margins: np.ndarray               # (N,) certified lower bound of min_j y_t − y_j over the set
+    counterexamples: list             # N entries: (*shape) array for 'falsified', else None
+    times: np.ndarray                 # (N,) seconds of bound computation per input (batch time / batch size)
+    attack_seconds: float = 0.0       # time spent in PGD for this domain's undecided inputs
+    extra: dict = field(default_factory=dict)
+
+    def fraction(self, verdict: str) -> float:
+        return sum(v == verdict for v in self.verdicts) / max(len(self.verdicts), 1)
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.predicted == self.labels)) if len(self.labels) else 0.0
+
+    def summary(self) -> dict:
+        return {"domain": self.domain, "eps": self.eps, "n": len(self.verdicts), "accuracy": self.accuracy,
+                **{v: self.fraction(v) for v in VERDICTS},
+                "ms_per_image": 1000.0 * float(np.mean(self.times)) if len(self.times) else 0.0}
+
+
+def ball_domains() -> list[str]:
+    """Registered domains that can hold an L∞ ball (all but the concrete one and segment-only ones)."""
+    names = []
+    for name in domains.names():
+        try:
+            element = domains.get(name).linf_ball(np.full((1, 2), 0.5), 0.1)
+        except ValueError:  # e.g. point and exactline refuse boxes that are not points
+            continue
+        if hasattr(element, "bounds"):
+            names.append(name)
+    return names
+
+
+def _validate(net, x, labels, eps, clip):
+    """Inputs as NumPy (x float, labels int64) after checking shapes, values and ranges."""
+    x = np.asarray(backends.to_numpy(x))
+    labels = np.asarray(backends.to_numpy(labels))
+    if x.ndim < 2:
+        raise ValueError(f"x must be a batch (N, *input_shape), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    if not np.all(np.isfinite(x)):
+        bad = np.argwhere(~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)).ravel()
+        raise ValueError(f"x contains NaN or infinite values (inputs {bad[:5].tolist()})")
+    labels = labels.reshape(-1)
+    if labels.shape[0] != x.shape[0]:
+        raise ValueError(f"got {x.shape[0]} inputs but {labels.shape[0]} labels")
+    if labels.size and (not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels))):
+        raise ValueError("labels must be integers")
+    labels = labels.astype(np.int64)
+    eps = float(eps)
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    if clip is not None:
+        lo, hi = float(clip[0]), float(clip[1])
+        if lo > hi:
+            raise ValueError(f"clip range is empty: {clip}")
+        if x.size and (x.min() < lo - TOLERANCE or x.max() > hi + TOLERANCE):
+            raise ValueError(f"inputs must lie in the clip range [{lo}, {hi}], got values in "
+                             f"[{x.min():.4g}, {x.max():.4g}] (scale pixels to [0, 1] or pass clip=None)")
+    try:
+        with ad.no_grad():
+            logits = net(Tensor(x[:1]))
+    except Exception as err:  # a shape mismatch deep inside a layer: say what was fed in
+        raise ValueError(f"the net cannot run on inputs of shape {x.shape[1:]}{_expected(net)}") from err
+    n_classes = logits.shape[-1]
+    if logits.ndim != 2:
+        raise ValueError(f"the net must output (batch, classes), got shape {logits.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must lie in 0..{n_classes - 1} (the net has {n_classes} outputs), "
+                         f"got {labels.min()}..{labels.max()}")
+    return x, labels, eps, n_classes
+
+
+def _expected(net) -> str:
+    """A hint naming what the net's first shape-fixing layer expects, e.g. ' (first Linear expects 784 features)'."""
+    layers = list(getattr(net, "layers", [net]))
+    for layer in layers:
+        if layer.op == "linear":
+            return f" (its first Linear layer expects {layer.params['weight'].shape[-1]} features)"
+        if layer.op == "conv2d":
+            return f" (its first Conv2d layer expects {layer.params['weight'].shape[1]} channels, NCHW)"
+        if layer.op not in ("normalize", "flatten", "relu", "sigmoid", "tanh"):
+            break
+    return ""
+
+
+def _inside(point, x, eps, clip) -> bool:
+    """Is ``point`` in ball∞(x, eps) ∩ clip, up to TOLERANCE?"""
+    lower, upper = x - eps, x + eps
+    if clip is not None:
+        lower, upper = np.clip(lower, clip[0], clip[1]), np.clip(upper, clip[0], clip[1])
+    return bool(np.all(point >= lower - TOLERANCE) and np.all(point <= upper + TOLERANCE))
+
+
+def _clean_margins(net, x, labels, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, margin y_t − max_{j≠t} y_j) by fresh concrete forward passes, in batches."""
+    predicted, margins = [], []
+    with ad.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            logits = net(Tensor(x[start:start + batch_size]))
+            predicted.append(logits.numpy().argmax(axis=-1))
+            margins.append(attacks.margin(logits, backends.current().asarray(labels[start:start + batch_size])).numpy())
+    if not predicted:
+        return np.zeros(0, np.int64), np.zeros(0)
+    return np.concatenate(predicted), np.concatenate(margins)
+
+
+def _misclassified(net, points, labels, batch_size: int) -> np.ndarray:
+    """Concrete re-check: fresh forward pass, margin ≤ 0 (a tie counts as misclassified)."""
+    return _clean_margins(net, points, labels, batch_size)[1] <= 0
+
+
+def _attack(net, x, labels, eps, clip, steps, restarts, rng):
+    """PGD points (numpy) for a batch; margin loss, then cross-entropy for any still-robust input."""
+    found = attacks.pgd(net, x, labels, eps, steps=steps, restarts=restarts, clip=clip, loss="margin", rng=rng)
+    points, margins = found.points.numpy(), found.margins.numpy()
+    again = margins > 0
+    if np.any(again) and steps > 0:
+        retry = attacks.pgd(net, x[again], labels[again], eps, steps=steps, restarts=1, clip=clip, loss="ce",
+                            rng=rng)
+        points[again] = retry.points.numpy()
+    return points
+
+
+def certify(net, x, labels, eps, domain="deepzono", clip=(0.0, 1.0), attack: bool = True,
+            pgd_steps: int = 40, pgd_restarts: int = 1, batch_size: int = 32, rng=None):
+    """Certify each input of ``x`` (N, *shape) with ``labels`` (N,) on the set ball∞(x, eps) ∩ clip.
+
+    ``domain``: a registered name (``refcert.domains.names()``) or a list of names; a list returns
+    ``{name: CertifyResult}``, PGD then runs once per input and its points are shared.
+    ``rng``: NumPy Generator or seed for PGD's random starts (default 0).
+    """
+    names = [domain] if isinstance(domain, str) else list(dict.fromkeys(domain))
+    for name in names:
+        domains.get(name)  # unknown names fail before any work
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    x, labels, eps, n_classes = _validate(net, x, labels, eps, clip)
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0 if rng is None else rng)
+    N = x.shape[0]
+    predicted, clean = _clean_margins(net, x, labels, int(batch_size))
+    attack_points: dict[int, np.ndarray] = {}   # input index -> PGD point (shared by domains)
+    results = {}
+    for name in names:
+        results[name] = _certify_one(net, x, labels, eps, name, clip, attack, pgd_steps, pgd_restarts,
+                                     int(batch_size), rng, predicted, clean, n_classes, attack_points)
+    _cross_check(results)
+    return results[names[0]] if isinstance(domain, str) else results
+
+
+def _cross_check(results):
+    """No input may be verified by one domain and falsified (by a checked point) under another."""
+    for name, res in results.items():
+        for other, res_other in results.items():
+            clash = [i for i, v in enumerate(res.verdicts) if v == "verified" and res_other.verdicts[i] == "falsified"]
+            if clash:
+                raise RuntimeError(f"domain {name!r} verified input {clash[0]}, but a checked counterexample "
+                                   f"exists (found while running {other!r}): the domain is unsound")
+
+
+def _certify_one(net, x, labels, eps, name, clip, attack, steps, restarts, batch_size, rng, predicted,
+                 clean, n_classes, attack_points) -> CertifyResult:
+    """One domain: bound every input's margin, then attack the undecided ones (PGD points cached)."""
+    N = x.shape[0]
+    wrong = clean <= 0
+    verdicts = ["unknown"] * N
+    margins = np.full(N, -math.inf)
+    counterexamples = [None] * N
+    times = np.zeros(N)
+    element_of = domains.get(name).linf_ball
+    for start in range(0, N, batch_size):
+        idx = np.arange(start, min(start + batch_size, N))
+        began = time.perf_counter()
+        with ad.no_grad():
+            lower = spec.margin_bounds(net, element_of(Tensor(x[idx]), eps, clip), labels[idx], n_classes).numpy()
+        times[idx] = (time.perf_counter() - began) / len(idx)
+        margins[idx] = lower.min(axis=1) if n_classes > 1 else math.inf
+    unsound = np.flatnonzero(margins > clean + TOLERANCE * (1 + np.abs(clean)))
+    if unsound.size:
+        i = unsound[0]
+        raise RuntimeError(f"domain {name!r} is unsound on input {i}: certified margin {margins[i]:.6g} exceeds "
+                           f"the margin {clean[i]:.6g} at x itself; refusing to certify")
+    for i in np.flatnonzero(wrong):
+        verdicts[i], counterexamples[i] = "falsified", x[i].copy()
+    for i in np.flatnonzero((margins > 0) & ~wrong):
+        verdicts[i] = "verified"
+    undecided = [i for i in range(N) if verdicts[i] == "unknown"]
+    began = time.perf_counter()
+    if attack and undecided and eps > 0:
+        todo = np.array([i for i in undecided if i not in attack_points], dtype=np.int64)
+        for start in range(0, len(todo), batch_size):
+            part = todo[start:start + batch_size]
+            for i, point in zip(part, _attack(net, x[part], labels[part], eps, clip, steps, restarts, rng)):
+                attack_points[int(i)] = point
+        candidates = np.stack([attack_points[i] for i in undecided])
+        hit = _misclassified(net, candidates, labels[undecided], batch_size)
+        for i, point, is_hit in zip(undecided, candidates, hit):
+            if is_hit and _inside(point, x[i], eps, clip):
+                verdicts[i], counterexamples[i] = "falsified", point
+    return CertifyResult(name, eps, labels, predicted, verdicts, margins, counterexamples, times,
+                         attack_seconds=time.perf_counter() - began)

@@ -1,0 +1,158 @@
+"""``refcert certify``: prove robustness of a saved network on a set of inputs, with one or more domains.
+
+Inputs come from an ``.npz`` file (arrays ``x`` (N, *shape) in [0, 1] and ``y`` (N,)) or an ERAN CSV
+(label, then 0..255 pixels).  Prints one summary row per domain; ``--json`` writes every input's verdict.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+import refcert
+from refcert import domains
+from refcert.certify import certify
+from refcert.io.npz import atomic_write
+
+DEFAULT_DOMAINS = ["deepzono"]
+
+
+def add_arguments(parser):
+    parser.add_argument("--net", required=True, help="network file (.npz written by refcert.save)")
+    parser.add_argument("--inputs", required=True, help="inputs: .npz with arrays x, y, or an ERAN .csv")
+    parser.add_argument("--eps", type=float, required=True, help="L∞ radius in pixel space ([0, 1] scale)")
+    parser.add_argument("--domain", action="append", metavar="NAME",
+                        help="abstract domain (repeat for several); default deepzono")
+    parser.add_argument("--n", type=int, default=None, help="certify only the first N inputs")
+    parser.add_argument("--json", metavar="PATH", help="write per-input results as JSON (atomic)")
+    parser.add_argument("--batch-size", type=int, default=32, help="inputs per abstract run")
+    parser.add_argument("--seed", type=int, default=0, help="seed of PGD's random starts")
+    parser.add_argument("--pgd-steps", type=int, default=40, help="PGD steps per undecided input (default 40)")
+    parser.add_argument("--no-attack", action="store_true", help="skip PGD: verdicts only verified/unknown")
+
+
+def load_inputs(path: str):
+    """(x float (N, *shape), y int64 (N,)) from .npz or ERAN .csv; clear errors naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such inputs file")
+    if path.endswith(".csv"):
+        from refcert.datasets.eran import read_eran_csv
+        return read_eran_csv(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("x", "y") if k not in data.files]
+            if missing:
+                raise ValueError(f"{path}: missing array(s) {missing}; found {data.files}")
+            x, y = data["x"], data["y"]
+    except (OSError, EOFError) as err:  # ValueError from pickled arrays / bad zip
+        raise ValueError(f"{path}: not a readable .npz file ({err})") from err
+    if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"{path}: x and y must be numeric arrays, got {x.dtype} and {y.dtype}")
+    if x.shape[:1] != y.reshape(-1).shape[:1] or y.ndim != 1:
+        raise ValueError(f"{path}: x has {x.shape[0] if x.ndim else 0} inputs but y has shape {y.shape}")
+    return x.astype(np.float32) if x.dtype != np.float64 else x, y
+
+
+class _Progress:
+    """tqdm when installed, else a counter on stderr."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.done = total, label, 0
+        try:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False)
+        except ImportError:
+            self.bar = None
+
+    def update(self, count: int):
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+        else:
+            print(f"\r{self.label}: {self.done}/{self.total}", end="", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        else:
+            print(file=sys.stderr)
+
+
+def _table(results) -> str:
+    header = f"{'domain':<12} {'n':>5} {'accuracy':>9} {'verified':>9} {'falsified':>10} {'unknown':>8} {'ms/image':>9}"
+    lines = [header, "-" * len(header)]
+    for res in results.values():
+        s = res.summary()
+        lines.append(f"{s['domain']:<12} {s['n']:>5} {100 * s['accuracy']:>8.1f}% {100 * s['verified']:>8.1f}% "
+                     f"{100 * s['falsified']:>9.1f}% {100 * s['unknown']:>7.1f}% {s['ms_per_image']:>9.2f}")
+    return "\n".join(lines)
+
+
+def _json(results, args, elapsed, input_shape) -> dict:
+    """Per-input verdicts; counterexamples are flattened (reshape to ``input_shape``), margins null if infinite."""
+    out = {"net": args.net, "inputs": args.inputs, "eps": args.eps, "seed": args.seed, "seconds": elapsed,
+           "input_shape": list(input_shape), "domains": {}}
+    for name, res in results.items():
+        out["domains"][name] = {
+            "summary": res.summary(),
+            "inputs": [{"index": i, "label": int(res.labels[i]), "predicted": int(res.predicted[i]),
+                        "verdict": res.verdicts[i],
+                        "margin": float(res.margins[i]) if np.isfinite(res.margins[i]) else None,
+                        "ms": 1000.0 * float(res.times[i]),
+                        "counterexample": None if res.counterexamples[i] is None
+                        else np.asarray(res.counterexamples[i]).reshape(-1).tolist()}
+                       for i in range(len(res.verdicts))]}
+    return out
+
+
+def run(args):
+    names = list(dict.fromkeys(args.domain or DEFAULT_DOMAINS))
+    for name in names:
+        if name not in domains.names():
+            raise ValueError(f"unknown domain {name!r}; choose from {', '.join(domains.names())}")
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if not os.path.isfile(args.net):
+        raise FileNotFoundError(f"{args.net}: no such network file")
+    net = refcert.load(args.net)
+    x, y = load_inputs(args.inputs)
+    if args.n is not None:
+        x, y = x[:args.n], y[:args.n]
+    if len(x) == 0:
+        raise ValueError(f"{args.inputs}: no inputs to certify")
+    results = {name: [] for name in names}
+    progress = _Progress(len(x) * len(names), "certify")
+    began = time.perf_counter()
+    chunk = max(args.batch_size, 1)
+    rng = np.random.default_rng(args.seed)
+    for start in range(0, len(x), chunk):  # chunks only drive the progress bar; certify batches itself
+        part = certify(net, x[start:start + chunk], y[start:start + chunk], args.eps, domain=names,
+                       attack=not args.no_attack, pgd_steps=args.pgd_steps, batch_size=chunk, rng=rng)
+        for name in names:
+            results[name].append(part[name])
+        progress.update(len(part[names[0]].verdicts) * len(names))
+    progress.close()
+    merged = {name: _merge(parts) for name, parts in results.items()}
+    elapsed = time.perf_counter() - began
+    print(f"eps={args.eps}  net={args.net}  inputs={args.inputs} ({len(x)})  {elapsed:.1f} s")
+    print(_table(merged))
+    if args.json:
+        text = json.dumps(_json(merged, args, elapsed, x.shape[1:]), indent=1).encode()
+        atomic_write(args.json, lambda stream: stream.write(text))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _merge(parts):
+    """One CertifyResult from the per-chunk results of one domain."""
+    from refcert.certify import CertifyResult
+    if not parts:
+        raise ValueError("no inputs to certify")
+    first = parts[0]
+    return CertifyResult(first.domain, first.eps, np.concatenate([p.labels for p in parts]),
+                         np.concatenate([p.predicted for p in parts]), sum((p.verdicts for p in parts), []),
+                         np.concatenate([p.margins for p in parts]), sum((p.counterexamples for p in parts), []),
+                         np.concatenate([p.times for p in parts]), sum(p.attack_seconds for p in parts))
