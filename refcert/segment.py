@@ -59,11 +59,12 @@ def _element(domain: str, x_from: np.ndarray, x_to: np.ndarray, budget):
     if domain not in domains.names():
         raise ValueError(f"certify_segment: domain {domain!r} is not available (have {domains.names()})")
     from refcert.domains import zonotope
-    try:  # center (1, *shape), one generator (1, 1, *shape)
-        return zonotope.Zonotope(center=Tensor(center), generators=Tensor(generator[:, None]))
-    except (AttributeError, TypeError) as error:
-        raise NotImplementedError(f"certify_segment: cannot build a one-generator zonotope "
-                                  f"(refcert.domains.zonotope.Zonotope(center=, generators=)): {error}") from error
+    if not isinstance(domains.get(domain).from_bounds(x_from, x_from), zonotope.Zonotope):
+        raise ValueError(f"certify_segment: {domain!r} cannot hold a segment exactly; use exactline, "
+                         "approxline, box or a zonotope domain")
+    # center (1, *shape), one generator (1, 1, *shape), no box term
+    return zonotope.Zonotope(center=Tensor(center), generators=Tensor(generator[:, None]),
+                             box_radius=Tensor(np.zeros_like(center)), domain=domain)
 
 
 def _layers(net) -> list:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,9 +27,9 @@ class Domain:
     def linf_ball(self, x, eps, clip=(0.0, 1.0)):
         """The L∞ ball of radius ``eps`` around each input of the batch ``x``, intersected with ``clip``."""
         x = ad.as_tensor(x)
-        eps_value = float(eps) if not hasattr(eps, "shape") or ad.as_tensor(eps).numpy().size == 1 else None
-        if eps_value is not None and (math.isnan(eps_value) or eps_value < 0):
-            raise ValueError(f"eps must be a non-negative number, got {eps}")
+        eps_values = ad.as_tensor(eps).numpy()
+        if not (eps_values >= 0).all():  # also catches NaN
+            raise ValueError(f"eps must be non-negative numbers, got {eps_values.reshape(-1)[:3].tolist()}")
         lower, upper = x - eps, x + eps
         if clip is not None:
             lo, hi = clip

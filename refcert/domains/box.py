@@ -1,13 +1,17 @@
-"""The Box (interval) domain: a lower and an upper bound per neuron (IBP; DiffAI, ICML'18, Sec. 3).
+"""The Box (interval) domain: every neuron keeps a lower and an upper bound.
 
-Affine maps use the centre/radius form: for y = W x + b with x in [c − r, c + r], y lies in
-[W c + b − |W| r, W c + b + |W| r], which is the exact interval image of the box (proofs/box.md).
-Every other op in the vocabulary (normalize with std > 0, flatten, pooling, ReLU, sigmoid, tanh) is
-monotone non-decreasing in each input, so it maps the two bounds.  Residual ``add`` adds bounds.
+Interval arithmetic as used for certified training by DiffAI (Mirman, Gehr, Vechev, ICML'18, Sec. 4.1,
+"Box") and by IBP (Gowal et al. 2018, Eq. 6): an affine map sends the center through the map and the
+radius through its absolute value; monotone layers (ReLU, sigmoid, tanh, pooling) map the bounds.
+The element is a batch of boxes ``Box(lower, upper)``, both Tensors (batch, *shape).  Every
+transformer is written with autodiff ops, so the bounds are differentiable in the weights and in the
+input bounds.  Proofs: proofs/box.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from refcert import autodiff as ad
 from refcert import domains
@@ -19,67 +23,114 @@ NAME = "box"
 
 @dataclass(frozen=True)
 class Box:
-    """All points x with lower <= x <= upper; Tensors (batch, *shape)."""
+    """A batch of boxes {x : lower ≤ x ≤ upper}; lower, upper (batch, *shape)."""
     lower: Tensor
     upper: Tensor
-    domain: str = NAME
+    domain: str = field(default=NAME)
 
     def bounds(self):
         return self.lower, self.upper
 
     @property
-    def shape(self):
+    def shape(self) -> tuple:
         return self.lower.shape
+
+    @property
+    def center(self) -> Tensor:
+        return (self.lower + self.upper) * 0.5
+
+    @property
+    def radius(self) -> Tensor:
+        return (self.upper - self.lower) * 0.5
 
 
 def from_bounds(lower, upper) -> Box:
+    """The box [lower, upper]; refuses mismatched shapes, NaN and lower > upper with a clear message."""
     lower, upper = ad.as_tensor(lower), ad.as_tensor(upper)
-    if lower.shape != upper.shape:
-        raise ValueError(f"lower and upper bounds differ in shape: {lower.shape} vs {upper.shape}")
-    if bool((lower.numpy() > upper.numpy()).any()):
-        raise ValueError("empty box: some lower bound exceeds its upper bound")
+    check_bounds(lower, upper, NAME)
     return Box(lower, upper)
 
 
-def _center_radius(x: Box):
-    return (x.lower + x.upper) * 0.5, (x.upper - x.lower) * 0.5
+def check_bounds(lower: Tensor, upper: Tensor, domain: str) -> None:
+    """Shared input check for from_bounds: same shape, a batch axis, no NaN, lower ≤ upper."""
+    if lower.shape != upper.shape:
+        raise ValueError(f"{domain}.from_bounds: lower {lower.shape} and upper {upper.shape} differ in shape")
+    if lower.ndim < 1:
+        raise ValueError(f"{domain}.from_bounds: bounds need a batch axis, got a scalar")
+    lo, hi = lower.numpy(), upper.numpy()
+    if np.isnan(lo).any() or np.isnan(hi).any():
+        raise ValueError(f"{domain}.from_bounds: bounds contain NaN")
+    if (lo > hi).any():
+        gap = float(np.max(lo - hi))
+        raise ValueError(f"{domain}.from_bounds: lower exceeds upper (by up to {gap:.3g}) at "
+                         f"{int((lo > hi).sum())} coordinates")
 
 
-def linear(x: Box, *, weight: Tensor, bias) -> Box:
-    """Interval image of x ↦ W x + b: centre through the map, radius through |W| (proofs/box.md)."""
-    c, r = _center_radius(x)
-    c, r = point.linear(c, weight=weight, bias=bias), point.linear(r, weight=ad.abs(weight), bias=None)
+def _from_center_radius(c: Tensor, r: Tensor) -> Box:
     return Box(c - r, c + r)
 
 
-def conv2d(x: Box, *, weight: Tensor, bias, stride: int, padding: int) -> Box:
-    """Interval image of a convolution: centre through the kernel, radius through |kernel|."""
-    c, r = _center_radius(x)
-    c = point.conv2d(c, weight=weight, bias=bias, stride=stride, padding=padding)
-    r = point.conv2d(r, weight=ad.abs(weight), bias=None, stride=stride, padding=padding)
-    return Box(c - r, c + r)
+def linear(x: Box, *, weight: Tensor, bias: Tensor | None) -> Box:
+    """DiffAI Sec. 4.1 / IBP Eq. 6: c' = W c + b, r' = |W| r.  Sound: |W(x − c)| ≤ |W| |x − c| ≤ |W| r."""
+    return _from_center_radius(point.linear(x.center, weight=weight, bias=bias),
+                               point.linear(x.radius, weight=ad.abs(weight), bias=None))
 
 
-def _monotone(fn):
-    """Lift an op that is non-decreasing in every input: apply it to both bounds (proofs/box.md)."""
-    def transformer(x: Box, **params) -> Box:
-        return Box(fn(x.lower, **params), fn(x.upper, **params))
-    transformer.__name__ = getattr(fn, "__name__", "monotone")
-    transformer.__doc__ = f"Box transformer for the monotone op {transformer.__name__}: both bounds mapped."
-    return transformer
+def conv2d(x: Box, *, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> Box:
+    """As ``linear`` for the convolution's matrix: c' = conv(c) + b, r' = conv_|K|(r) (proofs/box.md)."""
+    return _from_center_radius(point.conv2d(x.center, weight=weight, bias=bias, stride=stride, padding=padding),
+                               point.conv2d(x.radius, weight=ad.abs(weight), bias=None, stride=stride,
+                                            padding=padding))
+
+
+def normalize(x: Box, *, mean: Tensor, std: Tensor) -> Box:
+    """(x − m)/s is affine with diagonal matrix 1/s: c' = (c − m)/s, r' = r/|s| (proofs/box.md)."""
+    feature_ndim = x.lower.ndim - 1
+    return _from_center_radius(point.normalize(x.center, mean=mean, std=std, feature_ndim=feature_ndim),
+                               point.scale_by_std(x.radius, std=ad.abs(std), feature_ndim=feature_ndim))
+
+
+def flatten(x: Box) -> Box:
+    """A reshape moves no value: exact."""
+    return Box(point.flatten(x.lower), point.flatten(x.upper))
+
+
+def avg_pool2d(x: Box, *, kernel_size: int, stride: int, padding: int = 0) -> Box:
+    """Averaging has non-negative weights, so it is monotone: apply it to each bound (proofs/box.md)."""
+    return Box(point.avg_pool2d(x.lower, kernel_size=kernel_size, stride=stride, padding=padding),
+               point.avg_pool2d(x.upper, kernel_size=kernel_size, stride=stride, padding=padding))
+
+
+def max_pool2d(x: Box, *, kernel_size: int, stride: int, padding: int = 0) -> Box:
+    """Max is monotone in every argument: apply it to each bound (exact per output neuron)."""
+    return Box(point.max_pool2d(x.lower, kernel_size=kernel_size, stride=stride, padding=padding),
+               point.max_pool2d(x.upper, kernel_size=kernel_size, stride=stride, padding=padding))
+
+
+def relu(x: Box) -> Box:
+    """DiffAI Sec. 4.1: ReLU is monotone, [relu(l), relu(u)] is its exact image per neuron."""
+    return Box(ad.relu(x.lower), ad.relu(x.upper))
+
+
+def sigmoid(x: Box) -> Box:
+    """σ is increasing: [σ(l), σ(u)] is its exact image per neuron (proofs/box.md)."""
+    return Box(ad.sigmoid(x.lower), ad.sigmoid(x.upper))
+
+
+def tanh(x: Box) -> Box:
+    """tanh is increasing: [tanh(l), tanh(u)] is its exact image per neuron (proofs/box.md)."""
+    return Box(ad.tanh(x.lower), ad.tanh(x.upper))
 
 
 def add(a: Box, b: Box, *, origin=None) -> Box:
-    """Merge of a residual block: [l_a + l_b, u_a + u_b]."""
+    """Minkowski sum of the two branches' boxes: [la + lb, ua + ub] (the branches' correlation is lost)."""
     return Box(a.lower + b.lower, a.upper + b.upper)
 
 
 TRANSFORMERS = {
-    "linear": linear, "conv2d": conv2d,
-    "normalize": _monotone(point.normalize), "flatten": _monotone(point.flatten),
-    "avg_pool2d": _monotone(point.avg_pool2d), "max_pool2d": _monotone(point.max_pool2d),
-    "relu": _monotone(ad.relu), "sigmoid": _monotone(ad.sigmoid), "tanh": _monotone(ad.tanh),
-    "add": add,
+    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten,
+    "avg_pool2d": avg_pool2d, "max_pool2d": max_pool2d,
+    "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "add": add,
 }
 
 domains.register(NAME, TRANSFORMERS, from_bounds)

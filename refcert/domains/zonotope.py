@@ -1,0 +1,151 @@
+"""The zonotope family: DeepZono and DiffAI's zonotope and hybrid-zonotope variants, one element type.
+
+A hybrid zonotope (Mirman, Gehr, Vechev, "Differentiable abstract interpretation for provably robust
+neural networks", ICML'18, Sec. 4.2) is the set
+
+    x = c + Eᵀε + β ⊙ η,   ε ∈ [-1, 1]^k (shared noise symbols),  η ∈ [-1, 1]^n (one private symbol each),
+
+stored batched as ``center`` (batch, *shape), ``generators`` (batch, k, *shape) and ``box_radius``
+(batch, *shape) ≥ 0.  Pure zonotopes (AI2, S&P'18; DeepZ, NeurIPS'18) keep β = 0: every new error term
+becomes a new row of E.  The "h" variants put new error terms into β instead.  Affine maps act exactly
+on c and E and by |W| on β (this file); activations and max pooling are in ``zonotope_relu.py``.
+Variants are tables that differ in their "relu" row.  Proofs: proofs/zonotope.md,
+proofs/relu_zonotope.md, proofs/sigmoid_tanh_zonotope.md, proofs/maxpool.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from refcert import autodiff as ad
+from refcert import backends, domains
+from refcert.autodiff import Tensor
+from refcert.domains import point
+from refcert.domains import zonotope_relu as nonlinear
+from refcert.domains.box import check_bounds
+
+
+@dataclass(frozen=True)
+class Zonotope:
+    """c + Eᵀε + β⊙η: center (batch, *shape), generators (batch, k, *shape), box_radius (batch, *shape)."""
+    center: Tensor
+    generators: Tensor
+    box_radius: Tensor
+    domain: str
+
+    @property
+    def shape(self) -> tuple:
+        return self.center.shape
+
+    @property
+    def radius(self) -> Tensor:
+        """Σ_k |E_k| + β, (batch, *shape): the largest deviation from the center per neuron."""
+        return ad.sum(ad.abs(self.generators), axis=1) + self.box_radius
+
+    def bounds(self):
+        """(c − r, c + r): exact per-neuron bounds of the set (each ε_k, η_i set to ±sign)."""
+        r = self.radius
+        return self.center - r, self.center + r
+
+
+def from_bounds(lower, upper, *, domain: str) -> Zonotope:
+    """The box [lower, upper] as a zonotope with one generator per input coordinate (E = diag(r)),
+    as DiffAI's HBox.box does, so input correlations are kept by every variant; β = 0."""
+    lower, upper = ad.as_tensor(lower), ad.as_tensor(upper)
+    check_bounds(lower, upper, domain)
+    xp = backends.current().xp
+    batch, shape = lower.shape[0], lower.shape[1:]
+    n = 1
+    for size in shape:
+        n *= size
+    c, r = (lower + upper) * 0.5, (upper - lower) * 0.5
+    eye = xp.reshape(xp.eye(n, dtype=r.dtype), (1, n) + tuple(shape))
+    E = ad.reshape(r, shape=(batch, 1) + tuple(shape)) * eye
+    return Zonotope(c, E, r * 0.0, domain)
+
+
+def _with(z: Zonotope, center: Tensor, generators: Tensor, box_radius: Tensor) -> Zonotope:
+    return Zonotope(center, generators, box_radius, z.domain)
+
+
+def linear(z: Zonotope, *, weight: Tensor, bias: Tensor | None) -> Zonotope:
+    """DeepZ (NeurIPS'18, Sec. 3, affine transformer) / DiffAI Sec. 4.2: c' = Wc + b, E' = EWᵀ exactly,
+    β' = |W|β (the private symbols are independent, so |W| is the tightest sound map).
+    proofs/zonotope.md §1."""
+    return _with(z, point.linear(z.center, weight=weight, bias=bias),
+                 point.linear(z.generators, weight=weight, bias=None),
+                 point.linear(z.box_radius, weight=ad.abs(weight), bias=None))
+
+
+def conv2d(z: Zonotope, *, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> Zonotope:
+    """A convolution is a linear map: as ``linear`` with the kernel K on c and E and |K| on β."""
+    return _with(z, point.conv2d(z.center, weight=weight, bias=bias, stride=stride, padding=padding),
+                 point.conv2d(z.generators, weight=weight, bias=None, stride=stride, padding=padding),
+                 point.conv2d(z.box_radius, weight=ad.abs(weight), bias=None, stride=stride, padding=padding))
+
+
+def normalize(z: Zonotope, *, mean: Tensor, std: Tensor) -> Zonotope:
+    """(x − m)/s per channel: c' = (c − m)/s, E' = E/s, β' = β/|s| (proofs/zonotope.md §1)."""
+    nd = z.center.ndim - 1
+    return _with(z, point.normalize(z.center, mean=mean, std=std, feature_ndim=nd),
+                 point.scale_by_std(z.generators, std=std, feature_ndim=nd),
+                 point.scale_by_std(z.box_radius, std=ad.abs(std), feature_ndim=nd))
+
+
+def flatten(z: Zonotope) -> Zonotope:
+    """A reshape of every component: exact."""
+    nd = z.center.ndim - 1
+    return _with(z, point.flatten(z.center, feature_ndim=nd), point.flatten(z.generators, feature_ndim=nd),
+                 point.flatten(z.box_radius, feature_ndim=nd))
+
+
+def avg_pool2d(z: Zonotope, *, kernel_size: int, stride: int, padding: int = 0) -> Zonotope:
+    """Average pooling is linear with non-negative weights (|W| = W): apply it to c, E and β."""
+    pool = partial(point.avg_pool2d, kernel_size=kernel_size, stride=stride, padding=padding)
+    return _with(z, pool(z.center), pool(z.generators), pool(z.box_radius))
+
+
+def add(a: Zonotope, b: Zonotope, *, origin=None) -> Zonotope:
+    """Residual merge a + b (DiffAI Sec. 4.2, sum of hybrid zonotopes; proofs/zonotope.md §2).
+
+    The first k0 rows (k0 = the generator count of ``origin``, the branch point) are the same noise
+    symbols in both branches and are added; the rows each branch appended afterwards are different
+    symbols, so they are concatenated, never added.  β adds (private symbols: |β_a η + β_b η'| ≤ β_a + β_b).
+    """
+    if not isinstance(origin, Zonotope):
+        raise ValueError(f"{a.domain}: add needs origin= (the zonotope at the branch point) to know which "
+                         f"noise symbols the branches share; got {type(origin).__name__}")
+    k0, ka, kb = origin.generators.shape[1], a.generators.shape[1], b.generators.shape[1]
+    if ka < k0 or kb < k0 or a.shape != b.shape:
+        raise ValueError(f"{a.domain}: add got branches with shapes {a.shape}/{b.shape} and {ka}/{kb} "
+                         f"generators, but the branch point has {k0}")
+    parts = [a.generators[:, :k0] + b.generators[:, :k0]]
+    parts += [g[:, k0:] for g, k in ((a.generators, ka), (b.generators, kb)) if k > k0]
+    E = parts[0] if len(parts) == 1 else ad.concatenate(parts, axis=1)
+    return _with(a, a.center + b.center, E, a.box_radius + b.box_radius)
+
+
+#: DeepZono (DeepZ, NeurIPS'18): the pure zonotope with the minimal-area ReLU relaxation
+ZONOTOPE = {
+    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten,
+    "avg_pool2d": avg_pool2d, "max_pool2d": nonlinear.max_pool2d,
+    "relu": nonlinear.relu_deepzono, "sigmoid": nonlinear.sigmoid, "tanh": nonlinear.tanh, "add": add,
+}
+ZBOX = {**ZONOTOPE, "relu": nonlinear.relu_box}
+ZDIAG = {**ZONOTOPE, "relu": nonlinear.relu_diag}
+ZSWITCH = {**ZONOTOPE, "relu": nonlinear.relu_switch}
+ZSMOOTH = {**ZONOTOPE, "relu": nonlinear.relu_smooth}
+
+#: hybrid zonotopes: every new error term goes to the box term β
+HYBRID = {**ZONOTOPE, "max_pool2d": nonlinear.max_pool2d_hybrid,
+          "sigmoid": nonlinear.sigmoid_hybrid, "tanh": nonlinear.tanh_hybrid}
+HBOX = {**HYBRID, "relu": nonlinear.relu_box_hybrid}
+HDIAG = {**HYBRID, "relu": nonlinear.relu_diag_hybrid}
+HSWITCH = {**HYBRID, "relu": nonlinear.relu_switch_hybrid}
+HSMOOTH = {**HYBRID, "relu": nonlinear.relu_smooth_hybrid}
+
+TABLES = {"deepzono": ZONOTOPE, "zbox": ZBOX, "zdiag": ZDIAG, "zswitch": ZSWITCH, "zsmooth": ZSMOOTH,
+          "hbox": HBOX, "hdiag": HDIAG, "hswitch": HSWITCH, "hsmooth": HSMOOTH}
+
+for _name, _table in TABLES.items():
+    domains.register(_name, _table, partial(from_bounds, domain=_name))
