@@ -1,0 +1,136 @@
+"""ONNX import/export: benchmark networks and hand-built quirky graphs agree with onnxruntime."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import refcert
+from refcert.io.onnx import OnnxImportError, to_refcert_input
+from tests.conftest import shared_file
+from tests.strategies import networks
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+SHARED = ["dnnv__convSmallRELU__Point.onnx", "dnnv__mnist_relu_3_50.onnx", "vnncomp2021__cifar_base_kw.onnx",
+          "vnncomp2021__mnist-net_256x2.onnx", "vnncomp2021__resnet_2b.onnx"]
+
+
+def _session(model_or_path):
+    data = model_or_path if isinstance(model_or_path, (str, bytes)) else model_or_path.SerializeToString()
+    return ort.InferenceSession(str(data) if isinstance(data, str) else data, providers=["CPUExecutionProvider"])
+
+
+def _max_difference(net, session, inputs):
+    """Largest |net(x) - onnxruntime(x)| over the inputs, each laid out as the ONNX file expects."""
+    name = session.get_inputs()[0].name
+    worst = 0.0
+    for x in inputs:
+        expected = session.run(None, {name: x})[0]
+        got = net(to_refcert_input(net, x)).numpy()
+        assert got.size == expected.size
+        worst = max(worst, float(np.abs(got.reshape(expected.shape) - expected).max()))
+    return worst
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_shared_network_matches_onnxruntime(name):
+    path = shared_file(f"networks/{name}")
+    net = refcert.load_onnx(path)
+    rng = np.random.default_rng(0)
+    inputs = rng.uniform(0, 1, (100,) + net.onnx_input_shape).astype(np.float32)
+    assert _max_difference(net, _session(str(path)), inputs) <= 1e-5
+
+
+def test_resnet_becomes_residual_layers():
+    net = refcert.load_onnx(shared_file("networks/vnncomp2021__resnet_2b.onnx"))
+    assert sum(isinstance(layer, refcert.nn.Residual) for layer in net.layers) == 2
+
+
+def _model(nodes, input_shape, output_shape, initializers, opset=13):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, output_shape)],
+                              [numpy_helper.from_array(np.asarray(v, dtype=np.float32 if v.dtype.kind == "f" else v.dtype), k)
+                               for k, v in initializers.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _quirks(rng):
+    """name -> (model, input shape): the patterns of real benchmark files, one per graph."""
+    r = lambda *s: rng.normal(size=s)  # noqa: E731
+    node = helper.make_node
+    return {
+        "matmul_weight_first_784x1": (_model(
+            [node("MatMul", ["W", "x"], ["h"]), node("Add", ["h", "b"], ["a"]), node("Relu", ["a"], ["r"]),
+             node("Flatten", ["r"], ["f"]), node("Gemm", ["f", "V", "c"], ["y"], transB=1, alpha=0.5, beta=2.0)],
+            [1, 6, 1], [1, 3], {"W": r(5, 6), "b": r(5, 1), "V": r(3, 5), "c": r(3)}), (1, 6, 1)),
+        "nhwc_transpose_conv_bn_norm": (_model(
+            [node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]), node("Sub", ["t", "m"], ["s"]),
+             node("Div", ["s", "sd"], ["n"]), node("Conv", ["n", "K"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             node("BatchNormalization", ["c", "g", "be", "mu", "var"], ["bn"]), node("Relu", ["bn"], ["y"])],
+            [1, 5, 5, 2], [1, 3, 5, 5],
+            {"m": r(2, 1, 1), "sd": np.abs(r(2, 1, 1)) + 0.5, "K": r(3, 2, 3, 3), "g": r(3), "be": r(3),
+             "mu": r(3), "var": np.abs(r(3)) + 0.1}), (1, 5, 5, 2)),
+        "pad_conv_pools_tanh": (_model(
+            [node("Pad", ["x", "p"], ["pd"]), node("Conv", ["pd", "K", "kb"], ["c"], kernel_shape=[3, 3], strides=[1, 1]),
+             node("Mul", ["c", "neg"], ["mc"]), node("Tanh", ["mc"], ["th"]), node("MaxPool", ["th"], ["mp"], kernel_shape=[2, 2], strides=[2, 2]),
+             node("AveragePool", ["mp"], ["ap"], kernel_shape=[2, 2], strides=[1, 1]), node("Sigmoid", ["ap"], ["sg"]),
+             node("GlobalAveragePool", ["sg"], ["ga"]), node("Squeeze", ["ga", "ax"], ["sq"]), node("Unsqueeze", ["sq", "ax1"], ["us"]),
+             node("Squeeze", ["us", "ax1"], ["y"])],
+            [1, 2, 6, 6], [1, 3],
+            {"p": np.array([0, 0, 1, 1, 0, 0, 1, 1], dtype=np.int64), "K": r(3, 2, 3, 3), "kb": r(3),
+             "neg": -np.abs(r(3, 1, 1)), "ax": np.array([2, 3], dtype=np.int64), "ax1": np.array([2], dtype=np.int64)}),
+            (1, 2, 6, 6)),
+        "shape_gather_reshape_residual": (_model(
+            [node("Shape", ["x"], ["sh"]), node("Gather", ["sh", "zero"], ["b0"], axis=0),
+             node("Unsqueeze", ["b0", "ax0"], ["b1"]), node("Concat", ["b1", "minus"], ["target"], axis=0),
+             node("Reshape", ["x", "target"], ["f"]), node("MatMul", ["f", "W"], ["h"]), node("Relu", ["h"], ["r"]),
+             node("Gemm", ["r", "V"], ["g"]), node("Add", ["g", "r"], ["s"]), node("Identity", ["s"], ["y"])],
+            [1, 2, 3], [1, 4],
+            {"zero": np.array(0, dtype=np.int64), "ax0": np.array([0], dtype=np.int64),
+             "minus": np.array([-1], dtype=np.int64), "W": r(6, 4), "V": r(4, 4)}), (1, 2, 3)),
+    }
+
+
+@pytest.mark.parametrize("name", ["matmul_weight_first_784x1", "nhwc_transpose_conv_bn_norm",
+                                  "pad_conv_pools_tanh", "shape_gather_reshape_residual"])
+def test_quirky_graphs_match_onnxruntime(name, tmp_path):
+    rng = np.random.default_rng(1)
+    model, shape = _quirks(rng)[name]
+    onnx.checker.check_model(model)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    net = refcert.load_onnx(path)
+    inputs = rng.uniform(0, 1, (20,) + shape).astype(np.float32)
+    assert _max_difference(net, _session(model), inputs) <= 1e-5
+    if name == "nhwc_transpose_conv_bn_norm":   # the input was reordered to NCHW, BN folded into the conv
+        assert net.input_shape == (2, 5, 5) and net.input_permutation is not None
+        assert [layer.op for layer in net.layers] == ["normalize", "conv2d", "relu"]
+
+
+def test_unsupported_operator_names_node(tmp_path):
+    node = helper.make_node("Softmax", ["x"], ["y"], name="the_softmax")
+    path = tmp_path / "s.onnx"
+    path.write_bytes(_model([node], [1, 3], [1, 3], {}).SerializeToString())
+    with pytest.raises(OnnxImportError, match="the_softmax.*Softmax"):
+        refcert.load_onnx(path)
+    path.write_bytes(b"not a model")
+    with pytest.raises(OnnxImportError, match="s.onnx"):
+        refcert.load_onnx(path)
+
+
+@settings(max_examples=10)
+@given(networks(), st.integers(0, 2**31))
+def test_export_runs_in_onnxruntime_and_round_trips(tmp_path_factory, drawn, seed):
+    net, shape = drawn
+    folder = tmp_path_factory.mktemp("export")
+    refcert.export_onnx(net, folder / "f32.onnx", input_shape=(1,) + shape)            # onnxruntime: float32
+    refcert.export_onnx(net, folder / "f64.onnx", input_shape=(1,) + shape, dtype="float64")  # exact round trip
+    x = np.random.default_rng(seed).uniform(-1, 1, (5,) + shape)
+    expected = net(x).numpy()
+    session = _session(str(folder / "f32.onnx"))
+    got = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]   # dynamic batch of 5
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    again = refcert.load_onnx(folder / "f64.onnx", dtype="float64")
+    np.testing.assert_allclose(again(x).numpy(), expected, rtol=1e-10, atol=1e-12)
