@@ -11,6 +11,10 @@ import sys
 
 COMMANDS = {
     "info": ("refcert.commands.info", "version, backend, device and dtype"),
+    "approx": ("refcert.commands.approx", "build a network whose interval analysis approximates f"),
+    "certify-path": ("refcert.commands.certify_path", "certify that latent-space paths through a decoder keep one class"),
+    "train": ("refcert.commands.train", "train a network (standard, pgd, diffai, crown-ibp)"),
+    "demo": ("refcert.commands.demo", "train three ways on shipped data, certify, print the table"),
     "certify": ("refcert.commands.certify", "prove robustness of a network on inputs"),
 }
 

@@ -1,0 +1,226 @@
+"""Back-substitution for DeepPoly and CROWN-IBP (Singh et al., POPL'19, Sec. 4; Zhang et al., NeurIPS'18).
+
+A DeepPoly element keeps, per layer, a *step*: how that layer's neurons relate linearly to the layer
+before.  To bound a linear form Σ lam·x_k + c of layer k from below, walk the steps from layer k down to
+the input, replacing x_k by its relation to x_{k−1} at each step, then concretise over the input box:
+
+- ``AffineStep``  x_k = A x_{k−1} + b exactly: lam ↦ Aᵀlam (the vector-Jacobian product of the layer:
+  ``lam @ W`` for linear, ``conv_transpose2d`` for conv2d, ÷ std for normalize, a reshape for
+  flatten, the transposed pooling for avg_pool2d), c ↦ c + lam·b.
+- ``RelaxStep``   a_l·x + b_l ≤ x_k ≤ a_u·x + b_u per neuron (ReLU, sigmoid, tanh): where lam ≥ 0 the
+  lower line is used, where lam < 0 the upper line (lam·x_k ≥ lam·(line) in both cases).
+- ``MaxPoolStep`` the same with lines that pick one input of each window (or a constant).
+- ``ResidualStep`` x_k = a + b, two branches from one branch point: substitute lam through each branch
+  down to the branch point and add the two results.
+
+Only the *lower* rule exists here: an upper bound of lam·x is −(lower bound of −lam·x), so ``bounds``
+stacks the rows [I; −I] and runs one pass.  At the input, Σ max(lam,0)·l + min(lam,0)·u is the exact
+minimum of the linear form over the box.  Everything is autodiff ops (gradients reach weights and input
+bounds).  Proof: proofs/deeppoly.md §1, §5.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from refcert import autodiff as ad
+from refcert import backends
+from refcert.autodiff import Tensor
+
+#: rows × (largest layer size) × batch elements per chunk of lam (2^24 float64 = 128 MiB)
+CHUNK_ELEMENTS = 2 ** 24
+
+
+@dataclass(frozen=True)
+class AffineStep:
+    """x_k = op(x_{k−1}; params), an affine map; ``in_shape`` is x_{k−1}'s feature shape (no batch)."""
+    op: str
+    params: dict
+    in_shape: tuple
+
+
+@dataclass(frozen=True)
+class RelaxStep:
+    """Per-neuron lines a_l·x + b_l ≤ f(x) ≤ a_u·x + b_u; all four Tensors (batch, *shape)."""
+    lower_slope: Tensor
+    lower_offset: Tensor
+    upper_slope: Tensor
+    upper_offset: Tensor
+
+
+@dataclass(frozen=True)
+class MaxPoolStep:
+    """Per output neuron: lower line x_{window[lower_pick]}; upper line x_{window[upper_pick]} where
+    upper_pick ≥ 0 (one input dominates: exact), else the constant ``upper_constant``.
+    Picks are backend int arrays (batch, C, Ho, Wo) indexing the k² window positions."""
+    lower_pick: object
+    upper_pick: object
+    upper_constant: Tensor
+    kernel_size: int
+    stride: int
+    padding: int
+    in_shape: tuple
+
+
+@dataclass(frozen=True)
+class ResidualStep:
+    """x_k = block(x_o) + shortcut(x_o): each branch is the tuple of steps from the branch point x_o."""
+    block: tuple
+    shortcut: tuple
+
+
+def _feature_sum(t: Tensor) -> Tensor:
+    """Sum over every axis after (batch, rows): (batch, rows, *shape) -> (batch, rows)."""
+    return ad.sum(t, axis=tuple(range(2, t.ndim))) if t.ndim > 2 else t
+
+
+def _with_rows_axis(t: Tensor) -> Tensor:
+    """(batch, *shape) -> (batch, 1, *shape), to broadcast against lam's rows."""
+    return ad.reshape(t, shape=(t.shape[0], 1) + t.shape[1:])
+
+
+def _fold_rows(lam: Tensor, keep: int) -> Tensor:
+    """(batch, rows, *shape) -> (batch·rows·..., *last ``keep`` axes), for convolution-style ops."""
+    return ad.reshape(lam, shape=(-1,) + lam.shape[lam.ndim - keep:])
+
+
+def _through_affine(lam: Tensor, step: AffineStep):
+    """Aᵀlam and lam·b for one affine step (proofs/deeppoly.md §1)."""
+    p, batch, rows = step.params, lam.shape[0], lam.shape[1]
+    if step.op == "linear":
+        W, b = p["weight"], p["bias"]
+        new = ad.matmul(lam, W)  # (batch, rows, out) @ (out, in) or (batch, out, in)
+        if b is None:
+            return new, None
+        b = ad.reshape(b, shape=(1, 1, -1) if b.ndim == 1 else (b.shape[0], 1, b.shape[1]))
+        return new, ad.sum(lam * b, axis=-1)
+    if step.op == "conv2d":
+        W, b = p["weight"], p["bias"]
+        new = ad.conv_transpose2d(_fold_rows(lam, 3), W, stride=p["stride"], padding=p["padding"],
+                                  input_hw=tuple(step.in_shape[1:]))
+        new = ad.reshape(new, shape=(batch, rows) + tuple(step.in_shape))
+        if b is None:
+            return new, None
+        return new, _feature_sum(lam * ad.reshape(b, shape=(-1, 1, 1)))
+    if step.op == "normalize":  # x_k = (x − m)/s: lam ↦ lam/s, constant −lam·m/s
+        ndim = len(step.in_shape)
+        shape = (p["mean"].shape[0],) + (1,) * (ndim - 1) if p["mean"].shape[0] > 1 else (1,)
+        scaled = lam / ad.reshape(p["std"], shape=shape)
+        return scaled, -_feature_sum(scaled * ad.reshape(p["mean"], shape=shape))
+    if step.op == "flatten":
+        return ad.reshape(lam, shape=(batch, rows) + tuple(step.in_shape)), None
+    if step.op == "avg_pool2d":  # transpose of a depthwise mean: conv_transpose2d with a k×k kernel of 1/k²
+        k = p["kernel_size"]
+        xp = backends.current().xp
+        kernel = xp.full((1, 1, k, k), 1.0 / (k * k), dtype=lam.dtype)
+        new = ad.conv_transpose2d(ad.reshape(lam, shape=(-1, 1) + lam.shape[-2:]), kernel, stride=p["stride"],
+                                  padding=p["padding"], input_hw=tuple(step.in_shape[1:]))
+        return ad.reshape(new, shape=(batch, rows) + tuple(step.in_shape)), None
+    raise NotImplementedError(f"back-substitution has no rule for affine op {step.op!r}")
+
+
+def _through_relaxation(lam: Tensor, step: RelaxStep):
+    """Lower rule: lam⁺·(a_l x + b_l) + lam⁻·(a_u x + b_u) ≤ lam·f(x) (proofs/deeppoly.md §1)."""
+    pos = ad.relu(lam)
+    neg = lam - pos
+    new = pos * _with_rows_axis(step.lower_slope) + neg * _with_rows_axis(step.upper_slope)
+    return new, _feature_sum(pos * _with_rows_axis(step.lower_offset) + neg * _with_rows_axis(step.upper_offset))
+
+
+def _through_maxpool(lam: Tensor, step: MaxPoolStep):
+    """Scatter lam⁺ to each window's lower pick and lam⁻ to its upper pick (or into the constant where no
+    input dominates); the scatter is conv_transpose2d with one-hot k×k kernels (proofs/deeppoly.md §4)."""
+    xp = backends.current().xp
+    k = step.kernel_size
+    pos = ad.relu(lam)
+    neg = lam - pos
+    lower_pick = xp.reshape(step.lower_pick, (step.lower_pick.shape[0], 1) + tuple(step.lower_pick.shape[1:]))
+    upper_pick = xp.reshape(step.upper_pick, (step.upper_pick.shape[0], 1) + tuple(step.upper_pick.shape[1:]))
+    parts = [ad.where(lower_pick == p, pos, 0.0) + ad.where(upper_pick == p, neg, 0.0) for p in range(k * k)]
+    stacked = ad.stack(parts, axis=3)                                   # (batch, rows, C, k², Ho, Wo)
+    batch, rows, channels = stacked.shape[:3]  # batch: the picks' batch when lam's was 1
+    stacked = ad.reshape(stacked, shape=(-1, k * k) + lam.shape[-2:])
+    one_hot = xp.reshape(xp.eye(k * k, dtype=lam.dtype), (k * k, 1, k, k))
+    new = ad.conv_transpose2d(stacked, one_hot, stride=step.stride, padding=step.padding,
+                              input_hw=tuple(step.in_shape[1:]))
+    new = ad.reshape(new, shape=(batch, rows, channels) + tuple(step.in_shape[1:]))
+    constant = ad.where(upper_pick < 0, neg, 0.0) * _with_rows_axis(step.upper_constant)
+    return new, _feature_sum(constant)
+
+
+def substitute(lam: Tensor, steps: tuple):
+    """Walk ``steps`` from the last to the first: returns (lam', c) with lam·x_top ≥ lam'·x_bottom + c
+    for every reachable x (c is (batch', rows) or None).  lam: (batch', rows, *shape of x_top)."""
+    c = None
+    for step in reversed(steps):
+        if isinstance(step, AffineStep):
+            lam, dc = _through_affine(lam, step)
+        elif isinstance(step, RelaxStep):
+            lam, dc = _through_relaxation(lam, step)
+        elif isinstance(step, MaxPoolStep):
+            lam, dc = _through_maxpool(lam, step)
+        elif isinstance(step, ResidualStep):  # both branches start from the same lam and meet at x_o
+            lam_a, c_a = substitute(lam, step.block)
+            lam_b, c_b = substitute(lam, step.shortcut)
+            lam, dc = lam_a + lam_b, _plus(c_a, c_b)
+        else:
+            raise TypeError(f"unknown back-substitution step {type(step).__name__}")
+        c = _plus(c, dc)
+    return lam, c
+
+
+def _plus(a, b):
+    return b if a is None else a if b is None else a + b
+
+
+def lower_bounds(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Tensor) -> Tensor:
+    """Lower bounds (batch, rows) of lam·x_top over the input box: substitute to the input, then
+    min over the box of lam'·x = Σ max(lam',0)·l + min(lam',0)·u (proofs/deeppoly.md §1)."""
+    lam, c = substitute(lam, steps)
+    pos = ad.relu(lam)
+    bound = _feature_sum(pos * _with_rows_axis(input_lower) + (lam - pos) * _with_rows_axis(input_upper))
+    return bound if c is None else bound + c
+
+
+def _size(shape) -> int:
+    count = 1
+    for n in shape:
+        count *= n
+    return count
+
+
+def _largest_layer(steps: tuple) -> int:
+    """The largest feature size lam takes on its way down through ``steps`` (bounds chunk memory)."""
+    size = 1
+    for step in steps:
+        if isinstance(step, ResidualStep):
+            size = max(size, _largest_layer(step.block), _largest_layer(step.shortcut))
+        elif hasattr(step, "in_shape"):
+            size = max(size, _size(step.in_shape))
+    return size
+
+
+def _signed_unit_rows(start: int, stop: int, n: int, dtype):
+    """Rows start..stop−1 of the (2n, n) matrix [I; −I], built without the whole matrix."""
+    xp = backends.current().xp
+    index = xp.arange(start, stop)
+    sign = 1.0 - 2.0 * xp.astype(index >= n, dtype)
+    hit = xp.arange(n)[None, :] == (index % n)[:, None]
+    return xp.astype(hit, dtype) * sign[:, None]
+
+
+def bounds(steps: tuple, shape: tuple, input_lower: Tensor, input_upper: Tensor):
+    """(lower, upper) of every neuron of the top layer (feature ``shape``), each (batch, *shape): one lower
+    pass over the rows [I; −I] (upper = −lower of −x), in chunks of rows to bound the memory of lam."""
+    xp = backends.current().xp
+    n = _size(shape)
+    batch = input_lower.shape[0]
+    chunk = max(1, CHUNK_ELEMENTS // (batch * max(n, _largest_layer(steps))))
+    pieces = []
+    for start in range(0, 2 * n, chunk):
+        rows = _signed_unit_rows(start, min(start + chunk, 2 * n), n, input_lower.dtype)
+        rows = xp.reshape(rows, (1, -1) + tuple(shape))
+        pieces.append(lower_bounds(Tensor(rows), steps, input_lower, input_upper))
+    low = pieces[0] if len(pieces) == 1 else ad.concatenate(pieces, axis=1)  # (batch, 2n)
+    lower = ad.reshape(ad.getitem(low, index=(slice(None), slice(0, n))), shape=(batch,) + tuple(shape))
+    upper = -ad.reshape(ad.getitem(low, index=(slice(None), slice(n, 2 * n))), shape=(batch,) + tuple(shape))
+    return lower, upper

@@ -1,0 +1,223 @@
+"""DeepPoly (Singh, Gehr, Püschel, Vechev, POPL'19) and CROWN-IBP (Zhang et al., ICLR'20): one element type.
+
+Every neuron has concrete bounds ``lower ≤ x ≤ upper`` and, through ``steps`` (see ``backsub.py``), one
+linear lower and one linear upper bound in terms of the layer before.  The two domains differ only in
+where back-substitution is used:
+
+- ``deeppoly``: after every affine layer (linear, conv2d, avg_pool2d, residual add) the concrete bounds
+  come from back-substitution to the input (POPL'19 Sec. 4), intersected with the interval image of the
+  previous bounds (sound, and it makes DeepPoly never looser than Box).  Elementwise layers (ReLU,
+  sigmoid, tanh, normalize, flatten, max pool) take the interval image: per neuron it is exact for the
+  given input bounds, so back-substitution could not do better there.  Skipped as well: an affine layer
+  whose input set is still exactly a box (only normalize/flatten before it), where the interval image
+  is already exact.
+- ``crown-ibp``: every layer keeps interval (IBP) bounds, which also choose the relaxations; only
+  ``bounds()`` back-substitutes, from the element it is called on (in certification and training: the
+  specification layer C·y), and intersects with the IBP bounds.  That is CROWN-IBP's bound (Eq. 9).
+
+Relaxations: ReLU (POPL'19 Sec. 4.2, with ERAN's tie rule), sigmoid/tanh (Sec. 4.3), max pool (ERAN).
+Proofs: proofs/deeppoly.md, proofs/crown_ibp.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from refcert import autodiff as ad
+from refcert import backends, domains
+from refcert.autodiff import Tensor
+from refcert.domains import backsub, box
+from refcert.domains.backsub import AffineStep, MaxPoolStep, RelaxStep, ResidualStep
+
+DEEPPOLY, CROWN_IBP = "deeppoly", "crown-ibp"
+
+
+@dataclass(frozen=True)
+class DeepPoly:
+    """Concrete bounds lower, upper (batch, *shape); the input box (batch, *input shape); the steps
+    from the input up to this layer (a tuple, shared with the elements it was built from)."""
+    lower: Tensor
+    upper: Tensor
+    input_lower: Tensor
+    input_upper: Tensor
+    steps: tuple
+    domain: str
+
+    @property
+    def shape(self) -> tuple:
+        return self.lower.shape
+
+    def bounds(self):
+        """(lower, upper), each (batch, *shape).  CROWN-IBP back-substitutes here (proofs/crown_ibp.md)."""
+        if self.domain == CROWN_IBP and self.steps:
+            lower, upper = backsub.bounds(self.steps, self.lower.shape[1:], self.input_lower, self.input_upper)
+            return ad.maximum(self.lower, lower), ad.minimum(self.upper, upper)
+        return self.lower, self.upper
+
+
+def from_bounds(lower, upper, *, domain: str) -> DeepPoly:
+    """The input box [lower, upper]; no steps yet."""
+    lower, upper = ad.as_tensor(lower), ad.as_tensor(upper)
+    box.check_bounds(lower, upper, domain)
+    return DeepPoly(lower, upper, lower, upper, (), domain)
+
+
+# --- relaxations: per-neuron lines a_l·x + b_l ≤ f(x) ≤ a_u·x + b_u on [l, u] ------------------------
+def relu_lines(l: Tensor, u: Tensor) -> RelaxStep:
+    """POPL'19 Sec. 4.2.  Stable neurons exact; crossing (l < 0 < u): upper chord u(x − l)/(u − l), lower
+    α·x with α = 1 if u ≥ −l else 0 (ERAN/ELINA: area heuristic, the tie u = −l goes to α = 1).
+    Sound: relu is convex, so the chord lies above it; αx ≤ relu(x) for α ∈ [0, 1].  proofs/deeppoly.md §2."""
+    dead, live = u.value <= 0, l.value >= 0
+    crossing = ~(dead | live)
+    zero = l * 0.0
+    chord = ad.where(crossing, u, zero) / ad.where(crossing, u - l, zero + 1.0)  # safe where l == u
+    upper_slope = ad.where(live, zero + 1.0, chord)
+    alpha = ad.where(live | (crossing & (u.value >= -l.value)), zero + 1.0, zero)
+    return RelaxStep(alpha, zero, upper_slope, -chord * l)
+
+
+def _s_shaped_lines(f, df, l: Tensor, u: Tensor) -> RelaxStep:
+    """POPL'19 Sec. 4.3 for f convex on x ≤ 0, concave on x ≥ 0, f' unimodal with peak at 0 (σ, tanh).
+    chord λ = (f(u) − f(l))/(u − l), tangent-slope λ' = min(f'(l), f'(u)):
+    lower f(l) + λ(x − l) if l > 0 else f(l) + λ'(x − l);
+    upper f(u) + λ(x − u) if u ≤ 0 else f(u) + λ'(x − u).
+    Sound: the chord of a concave (convex) piece lies below (above) it; f' ≥ λ' on [l, u]. §3."""
+    f_l, f_u = f(l), f(u)
+    flat = u.value <= l.value  # l == u: the point itself, slope 0
+    zero = l * 0.0
+    chord = ad.where(flat, zero, f_u - f_l) / ad.where(flat, zero + 1.0, u - l)
+    tangent = ad.where(flat, zero, ad.minimum(df(f_l), df(f_u)))
+    lower_slope = ad.where(l.value > 0, chord, tangent)
+    upper_slope = ad.where(u.value <= 0, chord, tangent)
+    return RelaxStep(lower_slope, f_l - lower_slope * l, upper_slope, f_u - upper_slope * u)
+
+
+def sigmoid_lines(l: Tensor, u: Tensor) -> RelaxStep:
+    return _s_shaped_lines(ad.sigmoid, lambda s: s * (1.0 - s), l, u)
+
+
+def tanh_lines(l: Tensor, u: Tensor) -> RelaxStep:
+    return _s_shaped_lines(ad.tanh, lambda s: 1.0 - s * s, l, u)
+
+
+def maxpool_lines(l: Tensor, u: Tensor, kernel_size: int, stride: int, padding: int) -> MaxPoolStep:
+    """ERAN's DeepPoly max pool (proofs/deeppoly.md §4), per window of inputs x_1..x_K:
+    if some x_j has l_j ≥ max_{i≠j} u_i then y = x_j (both lines); else x_{j*} ≤ y ≤ max_i u_i with
+    j* = argmax_i l_i.  Sound: y = max_i x_i ≥ x_{j*}, and every x_i ≤ u_i."""
+    if padding > kernel_size // 2:
+        raise ValueError(f"max_pool2d padding {padding} exceeds half the kernel size {kernel_size}")
+    pad = ((0, 0), (0, 0), (padding, padding), (padding, padding))
+    L = np.pad(backends.to_numpy(l.value), pad, constant_values=-np.inf)  # padding never wins
+    U = np.pad(backends.to_numpy(u.value), pad, constant_values=-np.inf)
+    out_h = (L.shape[2] - kernel_size) // stride + 1
+    out_w = (L.shape[3] - kernel_size) // stride + 1
+    rows = lambda i, n: slice(i, i + stride * (n - 1) + 1, stride)  # window position i of n outputs
+    windows = [(Ellipsis, rows(i, out_h), rows(j, out_w)) for i in range(kernel_size) for j in range(kernel_size)]
+    L, U = np.stack([L[w] for w in windows]), np.stack([U[w] for w in windows])  # (K, batch, C, Ho, Wo)
+    lower_pick = np.argmax(L, axis=0)
+    upper_pick = np.full(lower_pick.shape, -1)
+    for p in range(len(windows)):
+        others = np.max(np.delete(U, p, axis=0), axis=0) if len(windows) > 1 else np.full(U.shape[1:], -np.inf)
+        upper_pick = np.where((upper_pick < 0) & (L[p] >= others), p, upper_pick)
+    asarray = backends.current().asarray
+    upper_constant = ad.max_pool2d(u, kernel_size=kernel_size, stride=stride, padding=padding)
+    return MaxPoolStep(asarray(lower_pick), asarray(upper_pick), upper_constant, kernel_size, stride, padding,
+                       tuple(l.shape[1:]))
+
+
+# --- transformers ---------------------------------------------------------------------------------
+def _box_exact(steps: tuple) -> bool:
+    """The layer's input is still exactly a box: only diagonal or reshaping affine steps so far."""
+    return all(isinstance(s, AffineStep) and s.op in ("normalize", "flatten") for s in steps)
+
+
+def _push(x: DeepPoly, step, image: box.Box, *, backsubstitute: bool) -> DeepPoly:
+    """Append ``step``; concrete bounds = the interval image, tightened by back-substitution for
+    DeepPoly's affine layers (proofs/deeppoly.md §1, §5)."""
+    steps = x.steps + (step,)
+    lower, upper = image.lower, image.upper
+    if backsubstitute and x.domain == DEEPPOLY:
+        deep_lower, deep_upper = backsub.bounds(steps, lower.shape[1:], x.input_lower, x.input_upper)
+        lower, upper = ad.maximum(lower, deep_lower), ad.minimum(upper, deep_upper)
+    return dataclasses.replace(x, lower=lower, upper=upper, steps=steps)
+
+
+def _box(x: DeepPoly) -> box.Box:
+    return box.Box(x.lower, x.upper)
+
+
+def _affine(x: DeepPoly, op: str, params: dict, image: box.Box) -> DeepPoly:
+    step = AffineStep(op, params, tuple(x.lower.shape[1:]))
+    return _push(x, step, image, backsubstitute=not _box_exact(x.steps))
+
+
+def linear(x: DeepPoly, *, weight: Tensor, bias: Tensor | None) -> DeepPoly:
+    """y = W x + b (W (out, in) or per-input (batch, out, in)); back-substitution: lam ↦ lam W."""
+    return _affine(x, "linear", {"weight": weight, "bias": bias}, box.linear(_box(x), weight=weight, bias=bias))
+
+
+def conv2d(x: DeepPoly, *, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> DeepPoly:
+    """Convolution; back-substitution: lam ↦ conv_transpose2d(lam, W)."""
+    params = {"weight": weight, "bias": bias, "stride": stride, "padding": padding}
+    return _affine(x, "conv2d", params, box.conv2d(_box(x), **params))
+
+
+def avg_pool2d(x: DeepPoly, *, kernel_size: int, stride: int, padding: int = 0) -> DeepPoly:
+    """Average pooling; back-substitution: the transposed pooling."""
+    params = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
+    return _affine(x, "avg_pool2d", params, box.avg_pool2d(_box(x), **params))
+
+
+def normalize(x: DeepPoly, *, mean: Tensor, std: Tensor) -> DeepPoly:
+    """(x − m)/s: diagonal, so the interval image is exact per neuron; recorded for back-substitution."""
+    step = AffineStep("normalize", {"mean": mean, "std": std}, tuple(x.lower.shape[1:]))
+    return _push(x, step, box.normalize(_box(x), mean=mean, std=std), backsubstitute=False)
+
+
+def flatten(x: DeepPoly) -> DeepPoly:
+    """A reshape: exact."""
+    return _push(x, AffineStep("flatten", {}, tuple(x.lower.shape[1:])), box.flatten(_box(x)), backsubstitute=False)
+
+
+def relu(x: DeepPoly) -> DeepPoly:
+    return _push(x, relu_lines(x.lower, x.upper), box.relu(_box(x)), backsubstitute=False)
+
+
+def sigmoid(x: DeepPoly) -> DeepPoly:
+    return _push(x, sigmoid_lines(x.lower, x.upper), box.sigmoid(_box(x)), backsubstitute=False)
+
+
+def tanh(x: DeepPoly) -> DeepPoly:
+    return _push(x, tanh_lines(x.lower, x.upper), box.tanh(_box(x)), backsubstitute=False)
+
+
+def max_pool2d(x: DeepPoly, *, kernel_size: int, stride: int, padding: int = 0) -> DeepPoly:
+    step = maxpool_lines(x.lower, x.upper, kernel_size, stride, padding)
+    image = box.max_pool2d(_box(x), kernel_size=kernel_size, stride=stride, padding=padding)
+    return _push(x, step, image, backsubstitute=False)
+
+
+def add(a: DeepPoly, b: DeepPoly, *, origin: DeepPoly) -> DeepPoly:
+    """Residual merge a + b of two branches from ``origin``: one ResidualStep holding each branch's
+    steps after the branch point; back-substitution goes down both and adds (proofs/deeppoly.md §5)."""
+    if not isinstance(origin, DeepPoly):
+        raise TypeError(f"{a.domain} add needs the branch point (origin=) as a DeepPoly element, "
+                        f"got {type(origin).__name__}")
+    n = len(origin.steps)
+    for name, branch in (("block", a), ("shortcut", b)):
+        if len(branch.steps) < n or any(s is not t for s, t in zip(branch.steps, origin.steps)):
+            raise ValueError(f"{a.domain} add: the {name} branch does not start at the branch point origin")
+    step = ResidualStep(a.steps[n:], b.steps[n:])
+    return _push(origin, step, box.add(_box(a), _box(b)), backsubstitute=True)
+
+
+TRANSFORMERS = {
+    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten,
+    "avg_pool2d": avg_pool2d, "max_pool2d": max_pool2d,
+    "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "add": add,
+}
+
+domains.register(DEEPPOLY, TRANSFORMERS, lambda lower, upper: from_bounds(lower, upper, domain=DEEPPOLY))
+domains.register(CROWN_IBP, TRANSFORMERS, lambda lower, upper: from_bounds(lower, upper, domain=CROWN_IBP))

@@ -1,0 +1,259 @@
+"""Training: standard, adversarial (PGD) and certified (DiffAI, CROWN-IBP) (DESIGN.md, "Training").
+
+``train(net, x, y, config, out=DIR)`` runs ``config.epochs`` epochs of minibatch training.  Losses per batch
+(B = batch, lb = lower bounds of the margins y_t − y_j, j ≠ t, over the input set, ``refcert.spec``):
+
+- ``standard``: CE(net(x), t);
+- ``pgd`` (Madry et al., ICLR'18, Eq. 2.1): CE(net(x'), t) at a PGD point x' of ball(x, ε) ∩ [0, 1];
+- ``diffai`` (Mirman et al., ICML'18, Sec. 4): (1 − κ)·CE(net(x), t) + κ·A with the abstract loss A from
+  any domain: CE over the worst-case logits (z_t = 0, z_j = −lb_j), i.e. log(1 + Σ_j exp(−lb_j)), which
+  upper-bounds the cross-entropy of every point of the set; or the margin form softplus(max_j −lb_j);
+- ``crown-ibp`` (Zhang et al., ICLR'20, Eq. 9): the same with lb = β·lb_CROWN-IBP + (1 − β)·lb_IBP, β 1 → 0.
+
+ε and κ ramp linearly per batch from 0 over the first ``ramp_epochs`` epochs (then stay); β falls from
+1 to 0 over the same ramp.  Learning rate: step decay (× ``lr_gamma`` every ``lr_step`` epochs).
+Gradients are clipped to norm ``clip_grad`` (DiffAI's default 1).  After every epoch one metrics row
+is appended (and flushed) to ``metrics.csv`` and ``model.npz`` / ``checkpoint.npz`` are written
+atomically; ``resume=True`` continues from the checkpoint with the same weights, optimiser moments
+and random-number state, so a killed and resumed run ends with the weights of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from refcert import attacks, domains, optim, spec
+from refcert import autodiff as ad
+from refcert.autodiff import Tensor
+from refcert.checkpoint import load_checkpoint, save_checkpoint
+
+METHODS = ("standard", "pgd", "diffai", "crown-ibp")
+LOSS_FORMS = ("ce", "margin")
+METRICS = ("epoch", "lr", "eps", "kappa", "loss", "train_accuracy", "val_accuracy", "seconds")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    method: str = "standard"
+    domain: str = "hswitch"       # diffai only: the domain of the abstract loss
+    eps: float = 0.1              # final training radius (pixel space)
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"       # adam | sgd (momentum 0.9)
+    kappa: float = 0.5            # final weight of the abstract loss (diffai, crown-ibp)
+    ramp_epochs: float = 1.0      # epochs over which eps and kappa grow linearly from 0
+    loss_form: str = "ce"         # ce | margin (abstract loss form)
+    lr_step: int = 0              # epochs between learning-rate decays (0: constant)
+    lr_gamma: float = 0.1
+    clip_grad: float = 1.0        # gradient-norm clip (0: off)
+    pgd_steps: int = 7            # pgd method: attack steps per batch
+    seed: int = 0                 # data order and PGD starts
+
+    def check(self) -> "TrainConfig":
+        if self.method not in METHODS:
+            raise ValueError(f"unknown training method {self.method!r}; choose one of {METHODS}")
+        if self.loss_form not in LOSS_FORMS:
+            raise ValueError(f"unknown loss form {self.loss_form!r}; choose one of {LOSS_FORMS}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
+        for name in ("eps", "lr", "kappa", "ramp_epochs", "clip_grad", "lr_gamma"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 <= self.kappa <= 1:
+            raise ValueError(f"kappa must lie in [0, 1], got {self.kappa}")
+        if self.epochs < 0 or self.batch_size < 1 or self.pgd_steps < 0 or self.lr_step < 0:
+            raise ValueError(f"need epochs >= 0, batch_size >= 1, pgd_steps >= 0, lr_step >= 0; got {self}")
+        if self.method == "diffai":
+            domains.get(self.domain)  # an unknown domain fails before any work
+        return self
+
+
+def make_optimizer(net, config: TrainConfig):
+    if config.optimizer == "adam":
+        return optim.Adam(net.parameters(), lr=config.lr)
+    return optim.SGD(net.parameters(), lr=config.lr, momentum=0.9)
+
+
+def schedule(config: TrainConfig, step: int, batches_per_epoch: int) -> float:
+    """Ramp fraction in [0, 1] after ``step`` batches (counting the current one)."""
+    ramp = config.ramp_epochs * batches_per_epoch
+    return 1.0 if ramp <= 0 else min(1.0, step / ramp)
+
+
+def abstract_loss(lower: Tensor, form: str) -> Tensor:
+    """Mean over the batch of the DiffAI loss from margin lower bounds ``lower`` (B, n−1).
+
+    'ce': CE(z, t) with z_t = 0, z_j = −lb_j equals log(1 + Σ_j exp(−lb_j)) (order of j irrelevant).
+    """
+    if form == "margin":
+        return ad.mean(ad.softplus(ad.max(-lower, axis=1)))
+    zeros = Tensor(np.zeros((lower.shape[0], 1), dtype=lower.numpy().dtype))
+    return ad.mean(ad.logsumexp(ad.concatenate([zeros, -lower], axis=1), axis=-1))
+
+
+def batch_loss(net, x, y, config: TrainConfig, ramp: float, rng) -> tuple[Tensor, Tensor]:
+    """(loss, clean logits) for one batch at ramp fraction ``ramp``."""
+    eps, kappa = config.eps * ramp, config.kappa * ramp
+    if config.method == "pgd":
+        if eps > 0:
+            x = attacks.pgd(net, x, y, eps, steps=config.pgd_steps, loss="ce", rng=rng).points.value
+        logits = net(Tensor(x))
+        return ad.cross_entropy(logits, y), logits
+    logits = net(Tensor(x))
+    clean = ad.cross_entropy(logits, y)
+    if config.method == "standard" or kappa == 0:
+        return clean, logits
+    if config.method == "diffai":
+        lower = spec.margin_bounds(net, domains.get(config.domain).linf_ball(x, eps), y)
+    else:  # crown-ibp: beta falls 1 -> 0 as the ramp proceeds
+        beta = 1.0 - ramp
+        lower = spec.margin_bounds(net, domains.get("box").linf_ball(x, eps), y)
+        if beta > 0:
+            crown = spec.margin_bounds(net, domains.get("crown-ibp").linf_ball(x, eps), y)
+            lower = beta * crown + (1.0 - beta) * lower
+    return (1.0 - kappa) * clean + kappa * abstract_loss(lower, config.loss_form), logits
+
+
+def accuracy(net, x, y, batch_size: int = 256) -> float:
+    if len(y) == 0:
+        return float("nan")
+    with ad.no_grad():
+        hits = sum(int(np.sum(net(Tensor(x[i:i + batch_size])).numpy().argmax(1) == y[i:i + batch_size]))
+                   for i in range(0, len(y), batch_size))
+    return hits / len(y)
+
+
+def train(net, x, y, config: TrainConfig, out=None, resume: bool = False, val=None, progress: bool = True,
+          callback=None) -> list[dict]:
+    """Train ``net`` in place on x (N, C, H, W) float in [0, 1], y (N,) int; returns the metrics rows.
+
+    ``out``: folder for metrics.csv, model.npz and checkpoint.npz (None: write nothing).
+    ``val``: optional (x, y) for the per-epoch validation accuracy.  ``callback(row)`` runs after each
+    epoch's files are written.
+    """
+    config.check()
+    x, y = np.asarray(x), np.asarray(y).astype(np.int64)
+    if x.ndim < 2 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ValueError(f"need a non-empty batch x (N, ...) and labels y (N,), got {x.shape} and {y.shape}")
+    optimizer, rng = make_optimizer(net, config), np.random.default_rng(config.seed)
+    out = None if out is None else pathlib.Path(out)
+    rows, start = [], 0
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume and (out / "checkpoint.npz").exists():
+            saved, start = load_checkpoint(out / "checkpoint.npz", net, optimizer, rng)
+            _check_same_config(saved, config, out / "checkpoint.npz")
+            rows = _truncate_metrics(out / "metrics.csv", start)
+        elif (out / "metrics.csv").exists():
+            (out / "metrics.csv").unlink()  # a fresh run: no rows from an older one
+    per_epoch = math.ceil(len(y) / config.batch_size)
+    for epoch in range(start, config.epochs):
+        began = time.perf_counter()
+        optimizer.lr = config.lr * config.lr_gamma ** (epoch // config.lr_step) if config.lr_step else config.lr
+        order = rng.permutation(len(y))
+        total, hits = 0.0, 0
+        bar = progress_bar(per_epoch, f"epoch {epoch + 1}/{config.epochs}") if progress else None
+        for b in range(per_epoch):
+            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+            ramp = schedule(config, epoch * per_epoch + b + 1, per_epoch)
+            loss, logits = batch_loss(net, x[idx], y[idx], config, ramp, rng)
+            optimizer.zero_grad()
+            loss.backward()
+            if config.clip_grad > 0:
+                optim.clip_grad_norm(net.parameters(), config.clip_grad)
+            optimizer.step()
+            total += float(loss.numpy()) * len(idx)
+            hits += int(np.sum(logits.numpy().argmax(1) == y[idx]))
+            if bar is not None:
+                bar.set_postfix(loss=f"{total / ((b + 1) * config.batch_size):.4f}")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        ramp = schedule(config, (epoch + 1) * per_epoch, per_epoch)
+        certified = config.method in ("diffai", "crown-ibp")
+        row = {"epoch": epoch + 1, "lr": optimizer.lr, "eps": config.eps * ramp if config.method != "standard" else 0.0,
+               "kappa": config.kappa * ramp if certified else 0.0,
+               "loss": total / len(y), "train_accuracy": hits / len(y),
+               "val_accuracy": accuracy(net, *val) if val is not None else float("nan"),
+               "seconds": time.perf_counter() - began}
+        if not math.isfinite(row["loss"]):
+            raise RuntimeError(f"training diverged in epoch {epoch + 1} (loss {row['loss']}); lower --lr")
+        rows.append(row)
+        if out is not None:
+            _append_metrics(out / "metrics.csv", row)
+            save_checkpoint(out, net, optimizer, rng, epoch + 1, dataclasses.asdict(config))
+        if progress:
+            print(f"\repoch {epoch + 1}/{config.epochs}  loss {row['loss']:.4f}  train acc {row['train_accuracy']:.3f}"
+                  f"  eps {row['eps']:.3g}  {row['seconds']:.1f}s", file=sys.stderr)
+        if callback is not None:
+            callback(row)
+    return rows
+
+
+class TextBar:
+    """The few tqdm methods ``train`` uses, drawn as one rewritten stderr line (tqdm is optional)."""
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.desc, self.done, self.postfix = total, desc, 0, ""
+
+    def set_postfix(self, loss: str):
+        self.postfix = f" loss {loss}"
+
+    def update(self, count: int):
+        self.done += count
+        filled = 24 * self.done // max(self.total, 1)
+        print(f"\r{self.desc} [{'#' * filled:<24}] {self.done}/{self.total}{self.postfix}", end="", file=sys.stderr)
+
+    def close(self):
+        print("\r", end="", file=sys.stderr)
+
+
+def progress_bar(total: int, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return TextBar(total, desc)
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
+
+
+def _check_same_config(saved: dict, config: TrainConfig, path):
+    current = dataclasses.asdict(config)
+    differ = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in current.items()
+              if k != "epochs" and saved.get(k) != v]
+    if differ:
+        raise ValueError(f"{path}: cannot resume with different settings ({'; '.join(differ)})")
+
+
+def _append_metrics(path: pathlib.Path, row: dict):
+    new = not path.exists()
+    with open(path, "a", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=METRICS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def _truncate_metrics(path: pathlib.Path, epochs_done: int) -> list[dict]:
+    """Keep the rows of the epochs the checkpoint holds (a row written just before a crash is dropped)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as stream:
+        rows = [r for r in csv.DictReader(stream) if r.get("epoch", "").isdigit() and int(r["epoch"]) <= epochs_done]
+    from refcert.io.npz import atomic_write
+
+    def write(stream):
+        text = [",".join(METRICS)] + [",".join(str(r.get(k, "")) for k in METRICS) for r in rows]
+        stream.write(("\n".join(text) + "\n").encode())
+    atomic_write(path, write)
+    return [{k: float(v) if k != "epoch" else int(v) for k, v in r.items()} for r in rows]
