@@ -64,6 +64,9 @@ def atomic_write(path, write) -> None:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
