@@ -7,7 +7,6 @@ Elements name their domain in a ``domain`` field, so the interpreter finds the r
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from dataclasses import dataclass
 from typing import Callable
 
@@ -76,8 +75,7 @@ def _load_all():
     from refcert.domains import point
     register("point", point.TRANSFORMERS, point.from_bounds)
     for module in _DOMAIN_MODULES:
-        if importlib.util.find_spec(f"refcert.domains.{module}") is not None:  # TODO: drop guard once all exist
-            importlib.import_module(f"refcert.domains.{module}")
+        importlib.import_module(f"refcert.domains.{module}")
 
 
 #: modules that register further domains when imported (each calls ``register`` at import time)

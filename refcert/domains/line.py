@@ -94,14 +94,13 @@ def _lerp(start, end, index, s):
     return (1.0 - s) * xp.take(start.value, index, axis=0) + s * xp.take(end.value, index, axis=0)
 
 
-def split(parts: Parts, part_index: np.ndarray, s: np.ndarray) -> Parts:
-    """Cut segment parts at local parameters s ∈ (0, 1) (part_index[k] is cut at s[k]); boxes stay whole."""
-    if part_index.size == 0:
-        return parts
-    M = parts.is_box.shape[0]
-    keep = ~parts.is_box[part_index] & (s > 0) & (s < 1)
-    index = np.concatenate([np.arange(M), part_index[keep]])
-    s_lo = np.concatenate([np.zeros(M), s[keep]])
+def subdivide(count: int, part_index: np.ndarray, s: np.ndarray):
+    """Sub-pieces of ``count`` pieces cut at local parameters s (piece part_index[k] at s[k]).
+
+    Returns (index, s_lo, s_hi): sub-piece j is piece index[j] restricted to [s_lo[j], s_hi[j]], in order.
+    """
+    index = np.concatenate([np.arange(count), part_index])
+    s_lo = np.concatenate([np.zeros(count), s])
     order = np.lexsort((s_lo, index))
     index, s_lo = index[order], s_lo[order]
     fresh = np.ones(index.size, bool)
@@ -109,7 +108,15 @@ def split(parts: Parts, part_index: np.ndarray, s: np.ndarray) -> Parts:
     index, s_lo = index[fresh], s_lo[fresh]
     last = np.ones(index.size, bool)
     last[:-1] = index[1:] != index[:-1]
-    s_hi = np.where(last, 1.0, np.roll(s_lo, -1))
+    return index, s_lo, np.where(last, 1.0, np.roll(s_lo, -1))
+
+
+def split(parts: Parts, part_index: np.ndarray, s: np.ndarray) -> Parts:
+    """Cut segment parts at local parameters s ∈ (0, 1) (part_index[k] is cut at s[k]); boxes stay whole."""
+    if part_index.size == 0:
+        return parts
+    keep = ~parts.is_box[part_index] & (s > 0) & (s < 1)
+    index, s_lo, s_hi = subdivide(parts.is_box.shape[0], part_index[keep], s[keep])
     t0, t1 = parts.t[index], parts.t[index + 1]
     t = np.concatenate([np.where(s_lo == 0, t0, t0 + s_lo * (t1 - t0)), [parts.t[-1]]])
     t = np.maximum.accumulate(t)  # rounding never reorders the grid

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refcert import backends
-from refcert.domains.line import LineElement, Parts
+from refcert.domains.line import LineElement, Parts, subdivide
 
 
 @dataclass(frozen=True)
@@ -41,20 +41,11 @@ def class_pieces(parts: Parts) -> ClassPieces:
     cross = ((D0 < 0) & (D1 > 0)) | ((D0 > 0) & (D1 < 0))
     m = np.nonzero(cross)[0]
     s = D0[cross] / (D0[cross] - D1[cross])
-    index = np.concatenate([np.arange(seg.size), m])
-    s_lo = np.concatenate([np.zeros(seg.size), s])
-    order = np.lexsort((s_lo, index))
-    index, s_lo = index[order], s_lo[order]
-    fresh = np.ones(index.size, bool)
-    fresh[1:] = (index[1:] != index[:-1]) | (s_lo[1:] != s_lo[:-1])
-    index, s_lo = index[fresh], s_lo[fresh]
-    last = np.ones(index.size, bool)
-    last[:-1] = index[1:] != index[:-1]
-    s_hi = np.where(last, 1.0, np.roll(s_lo, -1))
+    index, s_lo, s_hi = subdivide(seg.size, m, s)
     mid = ((s_lo + s_hi) / 2)[:, None]
     cls = np.argmax((1 - mid) * A[index] + mid * B[index], axis=1) if index.size else np.zeros(0, int)
     t0, t1 = parts.t[seg[index]], parts.t[seg[index] + 1]
-    return ClassPieces(t0 + s_lo * (t1 - t0), np.where(last, t1, t0 + s_hi * (t1 - t0)), cls)
+    return ClassPieces(t0 + s_lo * (t1 - t0), np.where(s_hi == 1.0, t1, t0 + s_hi * (t1 - t0)), cls)
 
 
 def box_classes(parts: Parts):
