@@ -135,14 +135,18 @@ def _dnf(expr, names, where):
     return [_atoms(expr, names, where)]
 
 
-def read_vnnlib(path):
-    """The unsafe set of a VNN-LIB file: a list of (lower, upper, [(C, d), ...]) (module docstring)."""
-    where = str(path)
+def _read_text(path):
+    """(name for messages, file text); an unreadable file raises VnnlibError naming it."""
     try:
         with open(path, encoding="utf-8") as stream:
-            text = stream.read()
+            return str(path), stream.read()
     except (OSError, UnicodeDecodeError) as err:
-        raise VnnlibError(f"{where}: cannot read ({err})") from err
+        raise VnnlibError(f"{path}: cannot read ({err})") from err
+
+
+def read_vnnlib(path):
+    """The unsafe set of a VNN-LIB file: a list of (lower, upper, [(C, d), ...]) (module docstring)."""
+    where, text = _read_text(path)
     names, inputs, outputs, formula = set(), [], [], [[]]
     for command in parse_sexpressions(text, where):
         if isinstance(command, _Token) or not command:
@@ -243,12 +247,7 @@ _STATUS = {"sat": "sat", "violated": "sat", "unsat": "unsat", "holds": "unsat", 
 
 def read_result(path):
     """(status, x, y) from a VNN-COMP result file; status in sat/unsat/unknown/timeout, x/y arrays or None."""
-    where = str(path)
-    try:
-        with open(path, encoding="utf-8") as stream:
-            text = stream.read()
-    except (OSError, UnicodeDecodeError) as err:
-        raise VnnlibError(f"{where}: cannot read ({err})") from err
+    where, text = _read_text(path)
     items = parse_sexpressions(text, where)
     if not items or not isinstance(items[0], _Token) or items[0] not in _STATUS:
         raise _error(where, _position(items[0]) if items else None, f"expected one of {sorted(_STATUS)}")
