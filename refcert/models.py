@@ -9,12 +9,19 @@ networks take pixels in [0, 1] and certificates talk about pixel-space balls.  `
 - ``convbig``: conv(32,3,1) conv(32,4,2) conv(64,3,1) conv(64,4,2), padding 1, FC512, FC512;
 - ``skipnet``: a small residual net (conv16, one residual block of two 3×3 conv16, conv32 s2, FC100);
 - ``ffnn-small`` (2×100) and ``convtiny`` (conv(8, k4, s2), FC50): quick to train and certify, for demos.
+
+The generative-specification models (issue 7, ``refcert.generative``) are re-exported here:
+``autoencoder(latent_dim, hidden)`` → (encoder, decoder with a ReLU-only hard-sigmoid head, so the
+decoder stays piecewise linear for ExactLine), ``mlp_classifier`` (784-hidden-10), ``compose(decoder,
+classifier)`` (one network from latent code to logits) and ``flip_horizontal`` (image pairs for paths).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from refcert import nn
+from refcert.generative import autoencoder, compose, flip_horizontal  # noqa: F401  (re-exported, see above)
+from refcert.generative import classifier as mlp_classifier  # noqa: F401
 
 #: dataset -> (input shape (C, H, W), mean, std, classes)
 DATASETS = {

@@ -161,3 +161,17 @@ def test_cli_bad_inputs_give_one_line_errors(tmp_path, capsys):
         assert cli.main(argv) == 1, argv
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_model_zoo_reexports_the_generative_models():
+    """``refcert.models`` serves the autoencoder (issue 7); its decoder is ReLU-only, so ExactLine accepts it."""
+    from refcert import models
+    enc, dec = models.autoencoder(2, 6, image_size=6, seed=3, dtype="float64")
+    clf = models.mlp_classifier(5, 3, image_size=6, seed=4, dtype="float64")
+    net = models.compose(dec, clf)
+    assert {layer.op for layer in dec.layers if hasattr(layer, "op")} <= {"linear", "relu", "flatten"}
+    z = np.random.default_rng(0).normal(size=(2, 2)) * 3
+    result = refcert.segment.certify_segment(net, z[0], z[1], 0, domain="exactline")
+    assert abs(result.fractions_lower.sum() - 1) < 1e-9
+    assert np.array_equal(result.fractions_lower, result.fractions_upper)   # exact: decoder is piecewise linear
+    assert np.array_equal(models.flip_horizontal(models.flip_horizontal(_images(4))), _images(4))

@@ -23,17 +23,23 @@ from refcert.domains import point, relaxations
 
 
 def _new_symbols(nu: Tensor) -> Tensor | None:
-    """New generator rows (batch, m, *shape): one noise symbol for each neuron whose error nu is
-    non-zero in some batch element, carrying that error (zero in the other batch elements)."""
+    """New generator rows (batch, m, *shape): one fresh noise symbol per neuron with a non-zero error nu,
+    packed per batch element (row k of element b carries b's k-th such neuron; m = the most any element
+    needs, shorter elements are padded with zero rows).  Batch elements are independent zonotopes, so
+    their new symbols need not line up; packing keeps m at one element's count, not the batch's union."""
     batch, shape = nu.shape[0], nu.shape[1:]
     n = int(np.prod(shape, dtype=np.int64))
-    needed = np.flatnonzero((backends.to_numpy(nu.value).reshape(batch, n) != 0).any(axis=0))
-    if needed.size == 0:
+    nonzero = backends.to_numpy(nu.value).reshape(batch, n) != 0
+    counts = nonzero.sum(axis=1)
+    m = int(counts.max(initial=0))
+    if m == 0:
         return None
-    one_hot = np.zeros((1, needed.size, n), dtype=backends.to_numpy(nu.value).dtype)
-    one_hot[0, np.arange(needed.size), needed] = 1.0
+    element, neuron = np.nonzero(nonzero)                               # row-major: grouped by element
+    slot = np.arange(element.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    one_hot = np.zeros((batch, m, n), dtype=backends.to_numpy(nu.value).dtype)
+    one_hot[element, slot, neuron] = 1.0
     rows = ad.reshape(nu, shape=(batch, 1, n)) * backends.current().asarray(one_hot)
-    return ad.reshape(rows, shape=(batch, needed.size) + tuple(shape))
+    return ad.reshape(rows, shape=(batch, m) + tuple(shape))
 
 
 def with_error(z, lam: Tensor, mu: Tensor, nu: Tensor, *, hybrid: bool):
