@@ -185,6 +185,34 @@ def test_chunked_back_substitution_gives_the_same_bounds(monkeypatch):
     np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-12, atol=1e-12)
 
 
+def test_selected_neurons_get_the_bounds_full_back_substitution_gives_them():
+    """``backsub.bounds(..., neurons=idx)`` (the ReLU-only refinement) equals the full pass at idx, in
+    chunks too; and lazy refinement leaves a stable ReLU layer's relaxation as full refinement has it."""
+    nn.seed(6)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, 1, 0, dtype="float64"), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(48, 7, dtype="float64"), nn.ReLU(), nn.Linear(7, 3, dtype="float64"))
+    x = np.random.default_rng(6).uniform(0, 1, (2, 1, 6, 6))
+    element = net.layers[0](domains.get("deeppoly").from_bounds(x - 0.05, x + 0.05))
+    element = net.layers[3](net.layers[2](net.layers[1](element)))    # the Linear(48, 7) output, unrefined
+    assert not element.refined
+    full_lo, full_hi = backsub.bounds(element.steps, (7,), element.input_lower, element.input_upper)
+    idx = np.array([6, 0, 3])
+    for chunk in (2 ** 24, 3):
+        backsub.CHUNK_ELEMENTS, saved = chunk, backsub.CHUNK_ELEMENTS
+        try:
+            lo, hi = backsub.bounds(element.steps, (7,), element.input_lower, element.input_upper, neurons=idx)
+        finally:
+            backsub.CHUNK_ELEMENTS = saved
+        np.testing.assert_allclose(lo.numpy(), full_lo.numpy()[:, idx], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(hi.numpy(), full_hi.numpy()[:, idx], rtol=1e-12, atol=1e-12)
+    lazy = deeppoly._refine(element, everywhere=False)
+    crossing = (element.lower.numpy() < 0) & (element.upper.numpy() > 0)
+    untouched = ~crossing.any(axis=0)            # refined: neurons crossing in some batch element
+    assert crossing.any() and untouched.any()
+    np.testing.assert_allclose(lazy.lower.numpy()[crossing], np.maximum(element.lower.numpy(), full_lo.numpy())[crossing])
+    np.testing.assert_array_equal(lazy.upper.numpy()[:, untouched], element.upper.numpy()[:, untouched])
+
+
 @pytest.mark.parametrize("name", BOTH)
 def test_bound_gradients_match_central_differences(name):
     """d(Σ r1·lower + Σ r2·upper)/dθ for every weight, against central differences (float64)."""

@@ -91,8 +91,7 @@ def _through_affine(lam: Tensor, step: AffineStep):
         new = ad.matmul(lam, W)  # (batch, rows, out) @ (out, in) or (batch, out, in)
         if b is None:
             return new, None
-        b = ad.reshape(b, shape=(1, 1, -1) if b.ndim == 1 else (b.shape[0], 1, b.shape[1]))
-        return new, ad.sum(lam * b, axis=-1)
+        return new, _dot_features(lam, b if b.ndim == 2 else ad.reshape(b, shape=(1, -1)))
     if step.op == "conv2d":
         W, b = p["weight"], p["bias"]
         new = ad.conv_transpose2d(_fold_rows(lam, 3), W, stride=p["stride"], padding=p["padding"],
@@ -118,12 +117,20 @@ def _through_affine(lam: Tensor, step: AffineStep):
     raise NotImplementedError(f"back-substitution has no rule for affine op {step.op!r}")
 
 
+def _dot_features(lam: Tensor, v: Tensor) -> Tensor:
+    """Σ_features lam·v as one matrix product: lam (batch', rows, *shape), v (batch, *shape) -> (batch, rows)."""
+    flat = ad.reshape(lam, shape=(lam.shape[0], lam.shape[1], -1))
+    return ad.reshape(ad.matmul(flat, ad.reshape(v, shape=(v.shape[0], -1, 1))), shape=(-1, lam.shape[1]))
+
+
 def _through_relaxation(lam: Tensor, step: RelaxStep):
-    """Lower rule: lam⁺·(a_l x + b_l) + lam⁻·(a_u x + b_u) ≤ lam·f(x) (proofs/deeppoly.md §1)."""
+    """Lower rule: lam⁺·(a_l x + b_l) + lam⁻·(a_u x + b_u) ≤ lam·f(x) (proofs/deeppoly.md §1).
+
+    Computed as lam·(a_u x + b_u) + lam⁺·((a_l − a_u) x + (b_l − b_u)) (lam⁻ = lam − lam⁺): two full-size
+    products instead of four, and the constants as matrix products instead of product-then-sum."""
     pos = ad.relu(lam)
-    neg = lam - pos
-    new = pos * _with_rows_axis(step.lower_slope) + neg * _with_rows_axis(step.upper_slope)
-    return new, _feature_sum(pos * _with_rows_axis(step.lower_offset) + neg * _with_rows_axis(step.upper_offset))
+    new = lam * _with_rows_axis(step.upper_slope) + pos * _with_rows_axis(step.lower_slope - step.upper_slope)
+    return new, _dot_features(lam, step.upper_offset) + _dot_features(pos, step.lower_offset - step.upper_offset)
 
 
 def _through_maxpool(lam: Tensor, step: MaxPoolStep):
@@ -174,10 +181,10 @@ def _plus(a, b):
 
 def lower_bounds(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Tensor) -> Tensor:
     """Lower bounds (batch, rows) of lam·x_top over the input box: substitute to the input, then
-    min over the box of lam'·x = Σ max(lam',0)·l + min(lam',0)·u (proofs/deeppoly.md §1)."""
+    min over the box of lam'·x = Σ max(lam',0)·l + min(lam',0)·u = lam'·u + max(lam',0)·(l − u)
+    (proofs/deeppoly.md §1)."""
     lam, c = substitute(lam, steps)
-    pos = ad.relu(lam)
-    bound = _feature_sum(pos * _with_rows_axis(input_lower) + (lam - pos) * _with_rows_axis(input_upper))
+    bound = _dot_features(lam, input_upper) + _dot_features(ad.relu(lam), input_lower - input_upper)
     return bound if c is None else bound + c
 
 
@@ -199,28 +206,35 @@ def _largest_layer(steps: tuple) -> int:
     return size
 
 
-def _signed_unit_rows(start: int, stop: int, n: int, dtype):
-    """Rows start..stop−1 of the (2n, n) matrix [I; −I], built without the whole matrix."""
+def _signed_unit_rows(start: int, stop: int, neurons, n: int, dtype):
+    """Rows start..stop−1 of the (2m, n) matrix [E; −E], E the unit rows of the m ``neurons`` (flat
+    indices), built without the whole matrix."""
     xp = backends.current().xp
+    m = neurons.shape[0]
     index = xp.arange(start, stop)
-    sign = 1.0 - 2.0 * xp.astype(index >= n, dtype)
-    hit = xp.arange(n)[None, :] == (index % n)[:, None]
+    sign = 1.0 - 2.0 * xp.astype(index >= m, dtype)
+    hit = xp.arange(n)[None, :] == xp.take(neurons, index % m)[:, None]
     return xp.astype(hit, dtype) * sign[:, None]
 
 
-def bounds(steps: tuple, shape: tuple, input_lower: Tensor, input_upper: Tensor):
-    """(lower, upper) of every neuron of the top layer (feature ``shape``), each (batch, *shape): one lower
-    pass over the rows [I; −I] (upper = −lower of −x), in chunks of rows to bound the memory of lam."""
+def bounds(steps: tuple, shape: tuple, input_lower: Tensor, input_upper: Tensor, neurons=None):
+    """(lower, upper) of the top layer's neurons (feature ``shape``): one lower pass over the rows [E; −E]
+    (upper = −lower of −x), in chunks of rows to bound the memory of lam.  ``neurons``: flat indices of
+    the neurons wanted (backend int array; default all) — results are then (batch, m), else (batch, *shape)."""
     xp = backends.current().xp
     n = _size(shape)
     batch = input_lower.shape[0]
+    selected = xp.arange(n) if neurons is None else neurons
+    m = selected.shape[0]
     chunk = max(1, CHUNK_ELEMENTS // (batch * max(n, _largest_layer(steps))))
     pieces = []
-    for start in range(0, 2 * n, chunk):
-        rows = _signed_unit_rows(start, min(start + chunk, 2 * n), n, input_lower.dtype)
+    for start in range(0, 2 * m, chunk):
+        rows = _signed_unit_rows(start, min(start + chunk, 2 * m), selected, n, input_lower.dtype)
         rows = xp.reshape(rows, (1, -1) + tuple(shape))
         pieces.append(lower_bounds(Tensor(rows), steps, input_lower, input_upper))
-    low = pieces[0] if len(pieces) == 1 else ad.concatenate(pieces, axis=1)  # (batch, 2n)
-    lower = ad.reshape(ad.getitem(low, index=(slice(None), slice(0, n))), shape=(batch,) + tuple(shape))
-    upper = -ad.reshape(ad.getitem(low, index=(slice(None), slice(n, 2 * n))), shape=(batch,) + tuple(shape))
-    return lower, upper
+    low = pieces[0] if len(pieces) == 1 else ad.concatenate(pieces, axis=1)  # (batch, 2m)
+    lower = ad.getitem(low, index=(slice(None), slice(0, m)))
+    upper = -ad.getitem(low, index=(slice(None), slice(m, 2 * m)))
+    if neurons is not None:
+        return lower, upper
+    return ad.reshape(lower, shape=(batch,) + tuple(shape)), ad.reshape(upper, shape=(batch,) + tuple(shape))
