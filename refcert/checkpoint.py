@@ -61,14 +61,21 @@ def load_checkpoint(path, net, optimizer, rng: np.random.Generator) -> tuple[dic
         raise ModelFileError(f"{path}: not a readable refcert checkpoint ({err})") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}: unsupported checkpoint format (expected {FORMAT!r})")
-    target, source = net.named_parameters(), saved.named_parameters()
-    if set(target) != set(source) or any(tuple(target[k].shape) != tuple(source[k].shape) for k in target):
-        raise ModelFileError(f"{path}: the checkpoint's network does not match the one being trained")
-    for name, tensor in target.items():
-        tensor.value = backends.current().asarray(source[name].numpy().astype(tensor.numpy().dtype))
+    copy_weights(net, saved, f"{path}: the checkpoint's network")
     _restore_optimizer(path, optimizer, meta["optimizer"], arrays)
     rng.bit_generator.state = meta["rng"]
     return meta["config"], int(meta["epoch"])
+
+
+def copy_weights(net, saved, what: str) -> None:
+    """Set net's parameters to saved's (same names and shapes, else ModelFileError naming ``what``)."""
+    target, source = net.named_parameters(), saved.named_parameters()
+    if set(target) != set(source) or any(tuple(target[k].shape) != tuple(source[k].shape) for k in target):
+        differ = sorted(k for k in set(target) | set(source)
+                        if k not in target or k not in source or tuple(target[k].shape) != tuple(source[k].shape))
+        raise ModelFileError(f"{what} does not match the one being trained (parameters differ: {differ[:4]})")
+    for name, tensor in target.items():
+        tensor.value = backends.current().asarray(source[name].numpy().astype(tensor.numpy().dtype))
 
 
 def _restore_optimizer(path, optimizer, counters: dict, arrays: dict) -> None:

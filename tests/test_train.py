@@ -151,6 +151,23 @@ def test_cli_train_writes_a_certifiable_model(tmp_path, capsys):
     assert code == 1 and "cannot resume with different settings" in capsys.readouterr().err
 
 
+def test_cli_init_starts_from_the_given_weights(tmp_path, capsys):
+    """--init: an epoch at a negligible learning rate keeps the given weights (not the seed's); another
+    architecture is refused, naming --init."""
+    from refcert import models
+    source = models.get("convtiny", seed=7)
+    refcert.save(source, tmp_path / "start.npz")
+    code = cli(["train", "--model", "convtiny", "--limit", "50", "--epochs", "1", "--lr", "1e-12", "--init", str(tmp_path / "start.npz"),
+                "--out", str(tmp_path / "a"), "--quiet"])
+    assert code == 0
+    trained = refcert.load(tmp_path / "a" / "model.npz").named_parameters()
+    for name, tensor in source.named_parameters().items():
+        np.testing.assert_allclose(trained[name].numpy(), tensor.numpy(), rtol=0, atol=1e-9)
+    code = cli(["train", "--model", "ffnn-small", "--limit", "50", "--epochs", "0", "--init",
+                str(tmp_path / "start.npz"), "--out", str(tmp_path / "b"), "--quiet"])
+    assert code == 1 and "--init" in capsys.readouterr().err
+
+
 def test_crown_ibp_mixes_bounds_and_ends_as_ibp(mini):
     """beta = 1 - ramp: at the end of the ramp the abstract part is pure IBP (Box) bounds (CROWN-IBP, Eq. 9)."""
     from refcert.train import batch_loss

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+import refcert
 from refcert import datasets, models
+from refcert.checkpoint import copy_weights
 from refcert.train import LOSS_FORMS, METHODS, TrainConfig, accuracy, train
 
 
@@ -35,6 +37,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights, data order and PGD")
     parser.add_argument("--out", default="run", help="output folder (default ./run)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    parser.add_argument("--init", metavar="NET.npz", help="start from these weights (a refcert.save file of the "
+                        "same --model), e.g. a standard-trained net to fine-tune with diffai")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -51,6 +55,8 @@ def run(args):
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
         x, y = x[:args.limit], y[:args.limit]
     net = models.get(args.model, args.data, seed=args.seed)
+    if args.init and not args.resume:
+        copy_weights(net, refcert.load(args.init), f"--init {args.init}")
     rows = train(net, x, y, config, out=args.out, resume=args.resume, val=(x_test[:1000], y_test[:1000]),
                  progress=not args.quiet)
     test_accuracy = accuracy(net, x_test, y_test)
