@@ -12,7 +12,6 @@ Losses (per input, summed over the batch so each input gets its own gradient):
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import NamedTuple
 
@@ -29,17 +28,6 @@ class Attack(NamedTuple):
     """Result of an attack on a batch: the best point per input and its concrete margin."""
     points: Tensor   # (batch, *shape), inside ball ∩ clip
     margins: Tensor  # (batch,), y_t − max_{j≠t} y_j at ``points``; < 0 means misclassified
-
-
-@contextlib.contextmanager
-def _enable_grad():
-    """Record the graph even inside a caller's ``no_grad()`` block (attacks need input gradients)."""
-    previous = ad.grad_enabled()
-    ad._grad_state.enabled = True  # TODO: use ad.enable_grad() once autodiff offers it
-    try:
-        yield
-    finally:
-        ad._grad_state.enabled = previous
 
 
 def _xp():
@@ -110,7 +98,7 @@ def _project(z, x, eps: float, clip):
 
 def _gradient(net, z, labels, loss: str):
     """(margin at z, d loss / d z) for the batch z (backend array)."""
-    with _enable_grad():
+    with ad.enable_grad():
         point = Tensor(z, requires_grad=True)
         logits = net(point)
         _loss(logits, labels, loss).backward()

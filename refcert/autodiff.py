@@ -31,14 +31,23 @@ def grad_enabled() -> bool:
 
 
 @contextlib.contextmanager
-def no_grad():
-    """Record no graph inside the block (evaluation, attacks' inner bookkeeping)."""
+def _recording(enabled: bool):
     previous = grad_enabled()
-    _grad_state.enabled = False
+    _grad_state.enabled = enabled
     try:
         yield
     finally:
         _grad_state.enabled = previous
+
+
+def no_grad():
+    """Record no graph inside the block (evaluation, attacks' inner bookkeeping)."""
+    return _recording(False)
+
+
+def enable_grad():
+    """Record the graph inside the block even within a caller's ``no_grad()`` (attacks need input gradients)."""
+    return _recording(True)
 
 
 class Tensor:

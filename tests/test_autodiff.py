@@ -407,3 +407,13 @@ def test_conv_transpose_is_the_adjoint_of_conv(data):
     back = ad.conv_transpose2d(y, w, **params, input_hw=x.shape[2:])
     assert back.shape == x.shape
     np.testing.assert_allclose(np.sum(ad.conv2d(x, w, **params).numpy() * y), np.sum(x * back.numpy()), rtol=1e-9)
+
+
+def test_enable_grad_records_inside_no_grad_and_restores():
+    t = Tensor(np.array([1.0, -2.0]), requires_grad=True)
+    with no_grad():
+        with ad.enable_grad():
+            loss = ad.sum(t * t)
+        assert not ad.sum(t * t).requires_grad, "enable_grad must restore no_grad on exit"
+    loss.backward()
+    np.testing.assert_array_equal(t.grad, [2.0, -4.0])
