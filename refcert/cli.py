@@ -11,6 +11,7 @@ import sys
 
 COMMANDS = {
     "info": ("refcert.commands.info", "version, backend, device and dtype"),
+    "fuzz": ("refcert.commands.fuzz", "differential fuzzing of a verifier against the exact oracle"),
     "verify": ("refcert.commands.verify", "decide a VNN-LIB property on an ONNX network (VNN-COMP result)"),
     "approx": ("refcert.commands.approx", "build a network whose interval analysis approximates f"),
     "certify-path": ("refcert.commands.certify_path", "certify that latent-space paths through a decoder keep one class"),

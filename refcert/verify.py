@@ -129,7 +129,7 @@ def _pgd(net64, unit: _Unit, steps, restarts, rng, deadline) -> np.ndarray:
     """Points (restarts, *shape) sorted by max_i (C_i y − d_i), lowest first: sign-gradient steps of size
     2.5·radius/steps projected to the box (the first restart starts at the centre)."""
     lower, upper = unit.lower, unit.upper
-    z = rng.uniform(lower, upper, size=(restarts,) + lower.shape[1:])
+    z = lower + rng.random((restarts,) + lower.shape[1:]) * (upper - lower)   # zero-width coordinates too
     z[0] = (lower[0] + upper[0]) / 2
     alpha = 2.5 * (upper - lower) / 2 / max(steps, 1)
     C, d = Tensor(unit.C.T), Tensor(unit.d)

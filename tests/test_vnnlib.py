@@ -124,3 +124,14 @@ def test_result_files(tmp_path):
     path.write_text("maybe")
     with pytest.raises(VnnlibError, match="r.txt:1:1"):
         read_result(path)
+
+
+def test_zero_bounds_are_positive_zero_so_zero_width_boxes_sample(tmp_path):
+    """(<= X_0 0.0) used to give the bound -0.0 (= -0.0/1), and numpy's uniform(0.0, -0.0) refuses."""
+    path = tmp_path / "zero.vnnlib"
+    path.write_text("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n"
+                    "(assert (<= X_0 0.0))\n(assert (>= X_0 0.0))\n(assert (<= Y_0 1.0))\n")
+    [(lower, upper, _)] = read_vnnlib(path)
+    assert lower[0] == 0.0 and upper[0] == 0.0
+    assert not np.signbit(lower[0]) and not np.signbit(upper[0])
+    np.random.default_rng(0).uniform(lower, upper)   # raises "high - low < 0" for a -0.0 upper bound

@@ -146,9 +146,14 @@ class _Importer:
         return _then(v, conv, v.shape)
 
     def residual(self, a: _Value, b: _Value, node) -> _Value:
-        a, b = self.materialize(a, node), self.materialize(b, node)
-        if a.shape != b.shape:
-            self.fail(node, f"adds tensors of different shapes {a.shape} and {b.shape}")
+        """Add of two data tensors: ``nn.Residual`` from their last common value.  Both sides are in the
+        same C-order data layout once pending permutations/pads are applied, so a shape that differs only
+        in refcert's view (e.g. (n,) for ONNX's (n, 1) of a MatMul on a [1, n, 1] input) needs no layer."""
+        a, b = (self.materialize(v, node) if v.perm is not None or v.pad else v for v in (a, b))
+        if a.logical != b.logical:
+            self.fail(node, f"adds tensors of different shapes {a.logical} and {b.logical}")
+        if a.shape != b.shape:   # same data, one side flattened already: flatten the other too
+            a, b = (v if len(v.shape) == 1 else _then(v, nn.Flatten(), (int(np.prod(v.shape)),)) for v in (a, b))
         ancestors, walk = [], a
         while walk is not None:
             ancestors.append(walk.layer)
@@ -157,7 +162,7 @@ class _Importer:
         while not any(branch.layer is layer for layer in ancestors):
             branch = branch.prev
         return _Value(branch, nn.Residual(nn.Sequential(*_chain(branch, a)), nn.Sequential(*_chain(branch, b))),
-                      a.shape, a.shape)
+                      a.shape, a.logical)
 
 
 def _chain(start: _Value, end: _Value) -> list:

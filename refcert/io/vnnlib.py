@@ -179,9 +179,9 @@ def read_vnnlib(path):
             if on_x and len(terms) == 1:
                 index, a = int(on_x[0][2:]), terms[on_x[0]]
                 if a > 0:
-                    upper[index] = min(upper[index], -constant / a)
+                    upper[index] = min(upper[index], -constant / a + 0.0)  # + 0.0: no -0.0 bounds
                 else:
-                    lower[index] = max(lower[index], -constant / a)
+                    lower[index] = max(lower[index], -constant / a + 0.0)
             elif on_x:
                 raise VnnlibError(f"{where}: constraint {terms} mixes inputs with other variables (unsupported)")
             else:

@@ -1,0 +1,35 @@
+"""``refcert fuzz``: differential fuzzing of a neural-network verifier against the exact oracle.
+
+    refcert fuzz --verifier marabou | refcert | 'CMD {onnx} {vnnlib} {result} {timeout}'
+                 --cases 50 --seed 0 --out DIR [--timeout 20] [--no-shrink]
+Writes DIR/case-NNNN/ (net.onnx, prop.vnnlib, answer.json, stdout.txt, stderr.txt, result.txt) and
+DIR/summary.csv, prints the summary table; exit code 1 when an unsound answer or a bad
+counterexample was found (for CI), else 0.  Classes: refcert/fuzz/runner.py.
+"""
+from __future__ import annotations
+
+import argparse
+
+from refcert.fuzz import adapters, runner
+
+
+def add_arguments(parser):
+    parser.add_argument("--verifier", required=True,
+                        help="'marabou', 'refcert', or a command with {onnx} {vnnlib} {result} {timeout}")
+    parser.add_argument("--cases", type=int, default=50, help="number of cases (default 50)")
+    parser.add_argument("--seed", type=int, default=0, help="campaign seed: same seed, same cases")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--timeout", type=float, default=20.0, help="verifier timeout per case in seconds")
+    parser.add_argument("--shrink", action=argparse.BooleanOptionalAction, default=True,
+                        help="shrink failing cases (default on)")
+    parser.add_argument("--quiet", action="store_true", help="print only the summary table")
+
+
+def run(args):
+    if args.cases < 1 or args.timeout <= 0:
+        raise ValueError(f"--cases must be >= 1 and --timeout > 0, got {args.cases} and {args.timeout}")
+    adapter = adapters.get(args.verifier)
+    log = (lambda *a: None) if args.quiet else (lambda line: print(line, flush=True))
+    rows = runner.campaign(adapter, args.cases, args.seed, args.out, args.timeout, args.shrink, log)
+    print(runner.summary_table(rows, adapter.name))
+    return 1 if any(r["class"] in ("unsound", "bad-counterexample") for r in rows) else 0

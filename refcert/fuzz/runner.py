@@ -1,0 +1,178 @@
+"""Run a verifier on fuzz cases, classify its answers, shrink failures, summarise.
+
+Classes (``classify``):
+  correct             the verdict agrees with the known answer, or a ``sat`` whose counterexample checks
+  unsound             ``unsat`` on a case whose answer is ``sat`` (the oracle holds a validated witness)
+  bad-counterexample  ``sat`` whose point is outside the box (by more than TOL_X), does not violate the
+                      property when re-evaluated (float32 onnxruntime on the file AND float64 refcert net,
+                      slack TOL_Y (1 + max|d|)), or is missing: a violation claim must come with its proof
+  incomplete          ``unknown`` or ``timeout`` reported by the verifier
+  crash               nonzero exit, unparsable output, or the process ran past timeout + GRACE
+  unjudged            ``unsat`` on a case without a known answer (sigmoid nets, optimum within tau)
+A claimed ``sat`` on an unsat case always fails the counterexample check (cases.py: tau = 2 TOL_Y ...).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+
+from refcert.fuzz import cases as fc
+from refcert.fuzz import quirks as q
+from refcert.io.npz import atomic_write
+from refcert.io.vnnlib import write_vnnlib
+
+CLASSES = ("correct", "unsound", "bad-counterexample", "incomplete", "crash", "unjudged")
+FAILURES = ("unsound", "bad-counterexample", "crash")
+
+
+def check_counterexample(case, x):
+    """'' if x (flat, ONNX order) is in the box and violates the property, else why not."""
+    if x is None:
+        return "sat without a counterexample"
+    x = np.asarray(x, dtype=np.float64).ravel()
+    if x.size != case.lower.size:
+        return f"counterexample has {x.size} inputs, the network {case.lower.size}"
+    x = q.to_refcert_order(x, case.spec.input_shape, case.spec.quirks)
+    slack = fc.TOL_X * (1 + np.maximum(np.abs(case.lower), np.abs(case.upper)))
+    outside = np.maximum(case.lower - x, x - case.upper)
+    if not np.all(np.isfinite(x)) or np.any(outside > slack):
+        i = int(np.argmax(outside))
+        return f"X_{i} = {x[i]!r} is outside [{case.lower[i]!r}, {case.upper[i]!r}]"
+    x = np.clip(x, case.lower, case.upper)
+    tol = fc.TOL_Y * (1 + max(float(np.abs(d).max()) for _, d in case.disjuncts))
+    for float32_onnx in (True, False):
+        v = fc.violation(case, x, float32_onnx)
+        if v > tol:
+            where = "float32 onnxruntime" if float32_onnx else "float64 refcert net"
+            return f"the point does not violate the property ({where}: worst row exceeds d by {v:.3g})"
+    return ""
+
+
+def classify(case, outcome):
+    """(class, detail) of a verifier's outcome on a case (module docstring)."""
+    if outcome.status == "error":
+        return "crash", outcome.message
+    if outcome.status in ("unknown", "timeout"):
+        return "incomplete", outcome.status
+    if outcome.status == "unsat":
+        if case.answer == "sat":
+            return "unsound", "says unsat; witness " + np.array2string(case.witness, precision=6, separator=",")
+        return ("correct", "") if case.answer == "unsat" else ("unjudged", "no known answer")
+    problem = check_counterexample(case, outcome.x)
+    if problem:
+        return "bad-counterexample", problem
+    return "correct", ("" if case.answer != "unsat" else "counterexample checks but the oracle said unsat")
+
+
+def write_case(case, directory):
+    """net.onnx, prop.vnnlib, answer.json under ``directory`` (created); returns the file paths."""
+    os.makedirs(directory, exist_ok=True)
+    paths = {k: os.path.join(directory, k) for k in ("net.onnx", "prop.vnnlib", "answer.json")}
+    atomic_write(paths["net.onnx"], lambda s: s.write(case.onnx))
+    write_vnnlib(paths["prop.vnnlib"], case.vnnlib_disjuncts(), comment=f"refcert fuzz case: {case.spec}")
+    witness = None if case.witness is None else q.to_onnx_order(case.witness, case.spec.input_shape,
+                                                                 case.spec.quirks).tolist()
+    info = {"answer": case.answer, "witness_onnx_order": witness, "spec": {k: v for k, v in vars(case.spec).items()}}
+    text = json.dumps(info, indent=1, default=list) + "\n"
+    atomic_write(paths["answer.json"], lambda s: s.write(text.encode()))
+    return paths
+
+
+def run_case(case, directory, adapter, timeout):
+    """Write the case, run the verifier, keep its stdout/stderr/result; (class, detail, outcome)."""
+    paths = write_case(case, directory)
+    result = os.path.join(directory, "result.txt")
+    outcome = adapter.run(paths["net.onnx"], paths["prop.vnnlib"], result, timeout)
+    for name, text in (("stdout.txt", outcome.stdout), ("stderr.txt", outcome.stderr)):
+        atomic_write(os.path.join(directory, name), lambda s, t=text: s.write(t.encode()))
+    cls, detail = classify(case, outcome)
+    return cls, detail, outcome
+
+
+def shrink(case, cls, adapter, timeout, directory, max_runs=30, max_seconds=45.0):
+    """Greedy: accept a smaller candidate (cases.shrink_candidates) failing with the same class; repeat.
+
+    Stops after ``max_runs`` verifier runs or ``max_seconds``.  For ``unsound`` the candidate's witness
+    must also violate by at least 1/4 of the original margin."""
+    def margin(c):   # how clearly the witness violates; kept so a shrunk unsound case stays convincing
+        return -fc.violation(c, c.witness, True) if c.witness is not None else 0.0
+
+    floor = 0.25 * margin(case) if cls == "unsound" else -np.inf
+    runs, deadline = 0, time.monotonic() + max_seconds
+    improved = True
+    while improved and runs < max_runs and time.monotonic() < deadline:
+        improved = False
+        for spec in fc.shrink_candidates(case.spec):
+            try:
+                candidate = fc.build(spec)
+            except (ValueError, RuntimeError):
+                continue
+            if candidate.size() > case.size() or (cls == "unsound" and margin(candidate) < floor):
+                continue
+            runs += 1
+            got, _, _ = run_case(candidate, os.path.join(directory, "try"), adapter, timeout)
+            if got == cls:
+                case, improved = candidate, True
+                break
+            if runs >= max_runs or time.monotonic() > deadline:
+                break
+    run_case(case, directory, adapter, timeout)
+    return case
+
+
+def _label(case):
+    return "+".join(case.spec.quirks) or "plain"
+
+
+def campaign(adapter, n_cases, seed, out, timeout, do_shrink=True, log=print):
+    """Run ``n_cases`` cases; write DIR/case-NNNN/, DIR/summary.csv; return the rows (dicts)."""
+    os.makedirs(out, exist_ok=True)
+    rows = []
+    for index in range(n_cases):
+        case = fc.make_case(seed, index)
+        directory = os.path.join(out, f"case-{index + 1:04d}")
+        cls, detail, outcome = run_case(case, directory, adapter, timeout)
+        row = {"case": index + 1, "class": cls, "answer": case.answer, "verdict": outcome.status,
+               "seconds": round(outcome.seconds, 3), "quirks": _label(case), "prop": case.spec.prop,
+               "activation": case.spec.activation, "input_shape": "x".join(map(str, case.spec.input_shape)),
+               "detail": detail.replace("\n", " ")[:300], "shrunk": ""}
+        if cls in FAILURES and do_shrink:
+            small = shrink(case, cls, adapter, timeout, os.path.join(directory, "shrunk"))
+            row["shrunk"] = f"{small.spec}"
+        rows.append(row)
+        log(f"case {index + 1:4d}/{n_cases}  {cls:18s} answer={case.answer:7s} verdict={outcome.status:7s} "
+            f"{outcome.seconds:6.2f}s  {row['quirks']} {row['prop']} {row['detail'][:80]}")
+    text = _csv(rows)
+    atomic_write(os.path.join(out, "summary.csv"), lambda s: s.write(text.encode()))
+    return rows
+
+
+def _csv(rows):
+    import io
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["case"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def summary_table(rows, name):
+    """A Markdown table: cases, each class, median time; then failures/crashes by quirk label."""
+    counts = {c: sum(r["class"] == c for r in rows) for c in CLASSES}
+    median = statistics.median(r["seconds"] for r in rows) if rows else float("nan")
+    head = "| verifier | cases | correct | unsound | bad cex | incomplete | crash | unjudged | median s |"
+    lines = [head, "|" + "---|" * 9,
+             f"| {name} | {len(rows)} | " + " | ".join(str(counts[c]) for c in CLASSES) + f" | {median:.2f} |"]
+    labels = sorted({(r["quirks"], r["prop"]) for r in rows})
+    by = [(lab, [r for r in rows if (r["quirks"], r["prop"]) == lab]) for lab in labels]
+    by = [(lab, rs) for lab, rs in by if any(r["class"] not in ("correct",) for r in rs)]
+    if by:
+        lines += ["", "| quirks | property | cases | " + " | ".join(CLASSES) + " |", "|" + "---|" * (3 + len(CLASSES))]
+        lines += [f"| {lab[0]} | {lab[1]} | {len(rs)} | " + " | ".join(str(sum(r['class'] == c for r in rs))
+                                                                  for c in CLASSES) + " |" for lab, rs in by]
+    return "\n".join(lines)
