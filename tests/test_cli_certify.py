@@ -131,3 +131,16 @@ def test_eran_reader_errors_name_file_and_line(tmp_path, text, message):
     with pytest.raises(EranFormatError) as info:
         read_eran_csv(path)
     assert str(path) in str(info.value) and message in str(info.value)
+
+
+def test_cli_reads_a_dataset_split_by_name(files, capsys):
+    """--inputs mnist-mini:test reads the shipped split (the same images refcert.datasets.load gives)."""
+    args = ["certify", "--net", str(files / "net.npz"), "--inputs", "mnist-mini:test", "--n", "5", "--eps", "0.0",
+            "--domain", "box", "--no-attack", "--json", str(files / "out.json")]
+    assert cli.main(args) == 0
+    _, y = refcert.datasets.load("mnist-mini", "test")
+    report = json.loads((files / "out.json").read_text())
+    rows = report["domains"]["box"]["inputs"]
+    assert [row["label"] for row in rows] == y[:5].tolist()
+    assert cli.main(args[:4] + ["nonexistent:test"] + args[5:]) == 1
+    assert "nonexistent:test" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 import refcert
-from refcert import domains
+from refcert import datasets, domains
 from refcert.certify import certify
 from refcert.io.npz import atomic_write
 
@@ -22,7 +22,9 @@ DEFAULT_DOMAINS = ["deepzono"]
 
 def add_arguments(parser):
     parser.add_argument("--net", required=True, help="network file (.npz written by refcert.save)")
-    parser.add_argument("--inputs", required=True, help="inputs: .npz with arrays x, y, or an ERAN .csv")
+    parser.add_argument("--inputs", required=True,
+                        help="inputs: .npz with arrays x, y, an ERAN .csv, or DATASET:SPLIT (e.g. mnist:test, "
+                             "read by refcert.datasets from $REFCERT_DATA or the cache)")
     parser.add_argument("--eps", type=float, required=True, help="L∞ radius in pixel space ([0, 1] scale)")
     parser.add_argument("--domain", action="append", metavar="NAME",
                         help="abstract domain (repeat for several); default deepzono")
@@ -35,7 +37,11 @@ def add_arguments(parser):
 
 
 def load_inputs(path: str):
-    """(x float (N, *shape), y int64 (N,)) from .npz or ERAN .csv; clear errors naming the file."""
+    """(x float (N, *shape), y int64 (N,)) from .npz, ERAN .csv or a dataset split ``name:split``; clear
+    errors naming the file."""
+    name, colon, split = path.partition(":")
+    if colon and not os.path.exists(path) and name in datasets.names():
+        return datasets.load(name, split)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such inputs file")
     if path.endswith(".csv"):
