@@ -13,6 +13,9 @@ concrete network.  Proof and caveats: proofs/exact_milp.md.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,10 +176,30 @@ def _solve(program, objective, time_limit):
     if program.rows:
         M = np.stack([_pad(r[None], width)[0] for r, _, _ in program.rows])
         constraints.append(LinearConstraint(M, [lo for _, lo, _ in program.rows], [hi for _, _, hi in program.rows]))
-    result = milp(objective, integrality=np.asarray(program.integer, dtype=int),
-                  bounds=Bounds(program.lower, program.upper), constraints=constraints,
-                  options={"time_limit": float(time_limit), "mip_rel_gap": 0.0})
+    with _stdout_silenced():
+        result = milp(objective, integrality=np.asarray(program.integer, dtype=int),
+                      bounds=Bounds(program.lower, program.upper), constraints=constraints,
+                      options={"time_limit": float(time_limit), "mip_rel_gap": 0.0})
     return result
+
+
+@contextlib.contextmanager
+def _stdout_silenced():
+    """Send file descriptor 1 to /dev/null: some HiGHS builds print a debug line
+    ("HighsMipSolverData::transformNewIntegerFeasibleSolution ...") from C++ that ``disp=False`` keeps."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):   # no real stdout (e.g. captured in a notebook)
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def exact_bounds(net, lower, upper, time_limit: float = 60.0):
