@@ -10,14 +10,14 @@ import importlib
 import sys
 
 COMMANDS = {
-    "info": ("refcert.commands.info", "version, backend, device and dtype"),
-    "fuzz": ("refcert.commands.fuzz", "differential fuzzing of a verifier against the exact oracle"),
-    "verify": ("refcert.commands.verify", "decide a VNN-LIB property on an ONNX network (VNN-COMP result)"),
-    "approx": ("refcert.commands.approx", "build a network whose interval analysis approximates f"),
-    "certify-path": ("refcert.commands.certify_path", "certify that latent-space paths through a decoder keep one class"),
-    "train": ("refcert.commands.train", "train a network (standard, pgd, diffai, crown-ibp)"),
     "demo": ("refcert.commands.demo", "train three ways on shipped data, certify, print the table"),
+    "train": ("refcert.commands.train", "train a network (standard, pgd, diffai, crown-ibp)"),
     "certify": ("refcert.commands.certify", "prove robustness of a network on inputs"),
+    "verify": ("refcert.commands.verify", "decide a VNN-LIB property on an ONNX network (VNN-COMP result)"),
+    "fuzz": ("refcert.commands.fuzz", "differential fuzzing of a verifier against the exact oracle"),
+    "certify-path": ("refcert.commands.certify_path", "certify that latent-space paths through a decoder keep one class"),
+    "approx": ("refcert.commands.approx", "build a network whose interval analysis approximates f"),
+    "info": ("refcert.commands.info", "version, backend, device and dtype"),
 }
 
 
