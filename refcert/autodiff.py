@@ -11,6 +11,7 @@ recorded.  All arithmetic goes through the active backend's array namespace (``r
 from __future__ import annotations
 
 import contextlib
+import builtins
 import math
 import threading
 from typing import Callable
@@ -376,8 +377,29 @@ def _getitem_vjp(g, ans, x, *, index):
 getitem = primitive("getitem", lambda x, *, index: x[_explicit_index(index)], _getitem_vjp)  # basic indexing only
 
 
+def _memory_order(x):
+    """x's axes from the slowest-varying in memory to the fastest (from strides; None where the array
+    library has none).  A transposed view reports the order of the buffer it views."""
+    strides = getattr(x, "strides", None)
+    if strides is None or len(strides) < 2:
+        return None
+    return tuple(sorted(range(x.ndim), key=lambda a: (-builtins.abs(strides[a]), a)))
+
+
 def _concat_forward(*xs, axis=0):
-    return _xp().concat(xs, axis=axis)
+    """Concatenation whose result keeps the first operand's memory layout.
+
+    The zonotope generators after a convolution are a transposed view (the conv writes channels, rows,
+    columns, then generators); a plain row-major concat would transpose every generator matrix, and the
+    next convolution transpose it back.  Permuting to memory order first makes both views instead.
+    """
+    xp = _xp()
+    axis = axis % xs[0].ndim
+    order = _memory_order(xs[0])
+    if order is None or order == tuple(range(xs[0].ndim)):
+        return xp.concat(xs, axis=axis)
+    joined = xp.concat([xp.permute_dims(x, order) for x in xs], axis=order.index(axis))
+    return xp.permute_dims(joined, _inverse_permutation(order))
 
 
 def _concat_vjp(position):
@@ -391,13 +413,17 @@ def _concat_vjp(position):
     return vjp
 
 
-_concat = primitive("concatenate", _concat_forward, *[_concat_vjp(i) for i in range(64)])
+_CONCAT_ARITY = 64  # the primitive has one vjp per operand position
+_concat = primitive("concatenate", _concat_forward, *[_concat_vjp(i) for i in range(_CONCAT_ARITY)])
 
 
 def concatenate(tensors, axis=0):
-    """Join tensors along an existing axis (at most 64 at once)."""
-    if len(tensors) > 64:
-        raise ValueError(f"concatenate takes at most 64 tensors, got {len(tensors)}")
+    """Join tensors along an existing axis; more than 64 are joined in groups of 64, then the groups."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("concatenate needs at least one tensor")
+    while len(tensors) > _CONCAT_ARITY:
+        tensors = [_concat(*tensors[i:i + _CONCAT_ARITY], axis=axis) for i in range(0, len(tensors), _CONCAT_ARITY)]
     return _concat(*tensors, axis=axis)
 
 
@@ -469,7 +495,8 @@ def _im2col(x, kernel_h, kernel_w, stride, padding):
 
 
 def _col2im(cols, input_shape, kernel_h, kernel_w, stride, padding):
-    """Adjoint of _im2col: add each column entry back to the input position it came from."""
+    """Adjoint of _im2col: add each column entry back to the input position it came from.
+    Returns (C, H, W, B), the batch fastest."""
     xp = _xp()
     batch, channels, height, width = input_shape
     out_h = _out_size(height, kernel_h, stride, padding)
@@ -478,14 +505,24 @@ def _col2im(cols, input_shape, kernel_h, kernel_w, stride, padding):
     padded = xp.zeros((channels, height + 2 * padding, width + 2 * padding, batch), dtype=cols.dtype)
     for position, window in enumerate(_windows(kernel_h, kernel_w, stride, out_h, out_w, batch_last=True)):
         padded[window] += cols[:, position, ...]
-    inside = padded[:, padding:padding + height, padding:padding + width, :]
-    return xp.permute_dims(inside, (3, 0, 1, 2))
+    return padded[:, padding:padding + height, padding:padding + width, :]
 
 
-im2col = primitive(  # conv2d = im2col, then one matrix product with the kernel (see conv2d below)
-    "im2col",
-    lambda x, *, kernel_hw, stride, padding: _im2col(x, *kernel_hw, stride, padding)[0],
-    lambda g, ans, x, *, kernel_hw, stride, padding: _col2im(g, x.shape, *kernel_hw, stride, padding))
+# The columns of a whole batch can be huge: a zonotope's generators go through a convolution as a batch
+# of ~1000 images per input, whose columns would take gigabytes.  The convolutions below therefore work
+# on slices of the batch whose columns take at most this many bytes: peak memory stays small, and NumPy
+# reuses the same blocks instead of asking the OS for fresh pages (which costs more than the copy).  On a
+# GPU a slice only needs to be large enough to keep it busy.
+CHUNK_BYTES = {"numpy": 16 * 2**20}
+_DEFAULT_CHUNK_BYTES = 2**30
+
+
+def _batch_slices(batch, channels, kernel_hw, out_hw, itemsize):
+    """Slices of the batch axis whose im2col columns fit in the backend's chunk budget (>= 1 item each)."""
+    per_item = channels * kernel_hw[0] * kernel_hw[1] * out_hw[0] * out_hw[1] * itemsize
+    budget = CHUNK_BYTES.get(backends.current().name, _DEFAULT_CHUNK_BYTES)
+    step = builtins.max(1, budget // builtins.max(1, per_item))
+    return [slice(start, builtins.min(start + step, batch)) for start in range(0, batch, step)]
 
 
 def _check_conv(x_shape, w_shape):
@@ -499,46 +536,72 @@ def _by_channel(y):
     return xp.reshape(xp.permute_dims(y, (1, 2, 3, 0)), (y.shape[1], -1))
 
 
-def _from_channel(out, batch, out_hw):
-    """(O, Ho*Wo*B) -> (B, O, Ho, Wo) (a view: no copy)."""
-    xp = _xp()
-    return xp.permute_dims(xp.reshape(out, (out.shape[0],) + tuple(out_hw) + (batch,)), (3, 0, 1, 2))
-
-
-def conv2d(x, w, *, stride=1, padding=0):
-    """Cross-correlation of x (B, C, H, W) with w (O, C, kh, kw) -> (B, O, Ho, Wo); the layer adds the bias.
-
-    Built from primitives (im2col, matmul, reshape, transpose), so the graph keeps the columns and the
-    weight gradient reuses them: d/dW = g (O, Ho*Wo*B) @ columns^T, one matrix product.
-    """
-    _check_conv(_shape(x), _shape(w))
-    out_h = _out_size(_shape(x)[2], _shape(w)[2], stride, padding)
-    out_w = _out_size(_shape(x)[3], _shape(w)[3], stride, padding)
-    cols = im2col(x, kernel_hw=tuple(_shape(w)[2:]), stride=stride, padding=padding)
-    out = matmul(reshape(w, shape=(_shape(w)[0], -1)), cols)                        # (O, Ho*Wo*B)
-    out = reshape(out, shape=(_shape(w)[0], out_h, out_w, _shape(x)[0]))
-    return transpose(out, axes=(3, 0, 1, 2))
-
-
 def _conv2d(x, w, *, stride=1, padding=0):
-    """conv2d on arrays (no graph), for conv_transpose2d's vjp."""
-    _check_conv(x.shape, w.shape)
-    cols, out_hw = _im2col(x, w.shape[2], w.shape[3], stride, padding)
-    return _from_channel(_xp().reshape(w, (w.shape[0], -1)) @ cols, x.shape[0], out_hw)
+    """Cross-correlation on arrays, slice by slice of the batch: (B, C, H, W) -> (B, O, Ho, Wo), returned
+    as a view of a (O, Ho, Wo, B) array (the layout the next convolution's columns want)."""
+    xp = _xp()
+    out_hw = (_out_size(x.shape[2], w.shape[2], stride, padding), _out_size(x.shape[3], w.shape[3], stride, padding))
+    kernel = xp.reshape(w, (w.shape[0], -1))
+    slices = _batch_slices(x.shape[0], x.shape[1], w.shape[2:], out_hw, x.dtype.itemsize)
+    out = None
+    for part in slices:
+        cols, _ = _im2col(x[part, ...], w.shape[2], w.shape[3], stride, padding)
+        y = xp.reshape(kernel @ cols, (w.shape[0],) + out_hw + (-1,))           # (O, Ho, Wo, b)
+        if len(slices) == 1:
+            out = y
+        else:
+            out = xp.empty(y.shape[:-1] + (x.shape[0],), dtype=y.dtype) if out is None else out
+            out[..., part] = y
+    return xp.permute_dims(out, (3, 0, 1, 2))
 
 
 def _conv_weight_grad(g, x, w_shape, stride, padding):
-    """d<g, conv2d(x, w)>/dw for g (B, O, Ho, Wo): the gradient of a convolution with respect to its kernel."""
-    cols, _ = _im2col(x, w_shape[2], w_shape[3], stride, padding)
-    return _xp().reshape(_by_channel(g) @ _swap_last(cols), tuple(w_shape))
+    """d<g, conv2d(x, w)>/dw for g (B, O, Ho, Wo): sum over batch slices of g (O, Ho*Wo*b) @ columns^T."""
+    xp = _xp()
+    total = None
+    for part in _batch_slices(x.shape[0], x.shape[1], w_shape[2:], g.shape[2:], x.dtype.itemsize):
+        cols, _ = _im2col(x[part, ...], w_shape[2], w_shape[3], stride, padding)
+        term = _by_channel(g[part, ...]) @ _swap_last(cols)
+        total = term if total is None else total + term
+    return xp.reshape(total, tuple(w_shape))
 
 
 def _conv_transpose2d(y, w, *, stride=1, padding=0, input_hw):
     """The adjoint of conv2d in x: maps (B, O, Ho, Wo) back to (B, C, H, W) with H, W = input_hw."""
     xp = _xp()
-    cols = _swap_last(xp.reshape(w, (w.shape[0], -1))) @ _by_channel(y)   # (C*kh*kw, Ho*Wo*B)
     shape = (y.shape[0], w.shape[1], int(input_hw[0]), int(input_hw[1]))
-    return _col2im(cols, shape, w.shape[2], w.shape[3], stride, padding)
+    kernel_t = _swap_last(xp.reshape(w, (w.shape[0], -1)))                    # (C*kh*kw, O)
+    slices = _batch_slices(y.shape[0], w.shape[1], w.shape[2:], y.shape[2:], y.dtype.itemsize)
+    out = None
+    for part in slices:
+        cols = kernel_t @ _by_channel(y[part, ...])                             # (C*kh*kw, Ho*Wo*b)
+        x = _col2im(cols, (cols.shape[1] // (y.shape[2] * y.shape[3]),) + shape[1:], w.shape[2], w.shape[3],
+                    stride, padding)                                            # (C, H, W, b)
+        if len(slices) == 1:
+            out = x
+        else:
+            out = xp.empty(x.shape[:-1] + (y.shape[0],), dtype=x.dtype) if out is None else out
+            out[..., part] = x
+    return xp.permute_dims(out, (3, 0, 1, 2))
+
+
+_conv2d_op = primitive(
+    "conv2d", _conv2d,
+    lambda g, ans, x, w, *, stride=1, padding=0: _conv_transpose2d(g, w, stride=stride, padding=padding,
+                                                                    input_hw=x.shape[2:]),
+    lambda g, ans, x, w, *, stride=1, padding=0: _conv_weight_grad(g, x, w.shape, stride, padding))
+
+
+def conv2d(x, w, *, stride=1, padding=0):
+    """Cross-correlation of x (B, C, H, W) with w (O, C, kh, kw) -> (B, O, Ho, Wo); the layer adds the bias.
+
+    im2col and one matrix product per slice of the batch; the gradient in x is conv_transpose2d, the
+    gradient in w recomputes the columns slice by slice (the graph keeps x, not its columns).
+    """
+    _check_conv(_shape(x), _shape(w))
+    _out_size(_shape(x)[2], _shape(w)[2], stride, padding)
+    _out_size(_shape(x)[3], _shape(w)[3], stride, padding)
+    return _conv2d_op(x, w, stride=stride, padding=padding)
 
 
 conv_transpose2d = primitive(  # used by back-substitution (DeepPoly) through convolutions

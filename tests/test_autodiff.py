@@ -416,4 +416,17 @@ def test_enable_grad_records_inside_no_grad_and_restores():
             loss = ad.sum(t * t)
         assert not ad.sum(t * t).requires_grad, "enable_grad must restore no_grad on exit"
     loss.backward()
-    np.testing.assert_array_equal(t.grad, [2.0, -4.0])
+    np.testing.assert_array_equal(to_numpy(t.grad), [2.0, -4.0])
+
+
+@pytest.mark.parametrize("count", [1, 64, 65, 150, 64 * 64 + 3])
+def test_concatenate_any_number_of_tensors(count):
+    """Past the primitive's 64 operands, concatenate joins groups; value and each operand's gradient stay exact."""
+    rng = np.random.default_rng(count)
+    arrays = [rng.normal(size=(2, 1 + i % 3)) for i in range(count)]
+    leaves = [Tensor(a, requires_grad=True) for a in arrays]
+    joined = ad.concatenate(leaves, axis=1)
+    np.testing.assert_array_equal(joined.numpy(), np.concatenate(arrays, axis=1))
+    weights = rng.normal(size=joined.shape)
+    ad.sum(joined * Tensor(weights)).backward()
+    np.testing.assert_array_equal(np.concatenate([to_numpy(t.grad) for t in leaves], axis=1), weights)
