@@ -7,6 +7,8 @@ whole random networks (``tests.strategies.networks``) with the same network rebu
 Inputs go in as NumPy arrays and come back through ``backends.to_numpy``, so this runs under
 ``REFCERT_BACKEND=strict`` too.
 """
+import contextlib
+
 import autograd
 import autograd.numpy as anp
 import numpy as np
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import basic_indices, mutually_broadcastable_shapes
 
 from refcert import autodiff as ad
+from refcert import backends
 from refcert.autodiff import Tensor, no_grad
 from refcert.backends import to_numpy
 from tests.strategies import networks
@@ -118,10 +121,10 @@ def broadcast_inputs(draw):
 
 
 @st.composite
-def conv_inputs(draw, transpose=False):
+def conv_inputs(draw, transpose=False, max_batch=2):
     """x (B, C, H, W) and w (O, C, kh, kw) with a stride and padding that fit; for the transposed
     convolution the first array is y (B, O, Ho, Wo) and ``input_hw`` is (H, W)."""
-    batch, channels, out = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    batch, channels, out = draw(st.integers(1, max_batch)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
     kh, kw, stride, padding = (draw(st.integers(1, 3)), draw(st.integers(1, 3)),
                                draw(st.integers(1, 3)), draw(st.integers(0, 2)))
     height = draw(st.integers(max(1, kh - 2 * padding), 7))
@@ -267,7 +270,34 @@ def autograd_value_and_grads(fn, arrays, params, cotangent):
 @pytest.mark.parametrize("name, ours, theirs, inputs", OPS, ids=[row[0] for row in OPS])
 @given(data=st.data())
 def test_op_matches_autograd(name, ours, theirs, inputs, dtype, data):
-    arrays, params = data.draw(inputs)
+    check_against_autograd(name, ours, theirs, *data.draw(inputs), dtype)
+
+
+@contextlib.contextmanager
+def one_item_slices():
+    """Convolutions split their batch into slices of one item (the path big batches take)."""
+    name = backends.current().name
+    saved = ad.CHUNK_BYTES.get(name)
+    ad.CHUNK_BYTES[name] = 1
+    try:
+        yield
+    finally:
+        if saved is None:
+            del ad.CHUNK_BYTES[name]
+        else:
+            ad.CHUNK_BYTES[name] = saved
+
+
+@pytest.mark.parametrize("name, ours, theirs, transpose", [
+    ("conv2d", ad.conv2d, conv2d_loop, False), ("conv_transpose2d", ad.conv_transpose2d, conv_transpose2d_loop, True)])
+@given(data=st.data())
+def test_conv_in_batch_slices_matches_autograd(name, ours, theirs, transpose, data):
+    arrays, params = data.draw(conv_inputs(transpose=transpose, max_batch=4))
+    with one_item_slices():
+        check_against_autograd(name, ours, theirs, arrays, params, "float64")
+
+
+def check_against_autograd(name, ours, theirs, arrays, params, dtype):
     arrays = [np.asarray(a, dtype=dtype) for a in arrays]
     wide = [a.astype("float64") for a in arrays]
     expected = theirs(*wide, **params)
