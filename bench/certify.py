@@ -1,19 +1,22 @@
 """Benchmark: milliseconds per image to bound the robustness margin, per domain and network.
 
-    python bench/certify.py                              # all domains, FFNN 6x100, ConvSmall, ConvBig
-    python bench/certify.py --domains deepzono --nets convbig --budget 120
-    python bench/certify.py --net trained.npz --inputs ../shared/datasets/eran/mnist_test.csv
+    python bench/certify.py                              # all domains, all nets below
+    python bench/certify.py --domains deepzono --nets convbig-diffai --budget 120
+    python bench/certify.py --net trained.npz --inputs ../shared/datasets/eran/mnist_test.csv --eps 0.1
 
-Measures ``spec.margin_bounds`` on an L∞ ball (eps = 0.02 by default; the attack is not timed) at
-batch 1 and at each of ``--batches``, and reports the fastest; the baseline is the concrete forward
-pass of the same net in the same run (column "x forward").  Random PyTorch-style weights unless
-``--net`` is given (random nets have many unstable ReLUs, so they are a hard case for the domains).
-Each measurement has a wall-clock limit (SIGALRM) and the process a memory limit (--max-memory-gb);
-a run that exceeds either prints "timeout" / "out of memory" and the bench moves on.
+Nets: FFNN 6x100, ConvSmall and ConvBig with random PyTorch-style weights (eps 0.02, uniform random
+images; random nets have many unstable ReLUs, so they are a hard case for the domains), and the
+DiffAI-trained ConvSmall and ConvBig shipped in datasets/weights/ (eps 0.1, the shipped mnist-mini test
+images).  ``--eps`` overrides every net's radius.  Measures ``spec.margin_bounds`` on an L∞ ball (the
+attack is not timed) at batch 1 and at each of ``--batches``, and reports the fastest; the baseline is
+the concrete forward pass of the same net in the same run (column "x forward").  Each measurement has a
+wall-clock limit (SIGALRM) and the process a memory limit (--max-memory-gb); a run that exceeds either
+prints "timeout" / "out of memory" and the bench moves on.
 """
 from __future__ import annotations
 
 import argparse
+import pathlib
 import resource
 import signal
 import sys
@@ -22,7 +25,7 @@ import time
 import numpy as np
 
 import refcert
-from refcert import backends, domains, nn, spec
+from refcert import backends, datasets, domains, nn, spec
 from refcert.autodiff import Tensor, no_grad
 from refcert.certify import ball_domains
 
@@ -50,7 +53,18 @@ def conv_big(rng):
                          nn.Linear(512, 512, rng=rng), nn.ReLU(), nn.Linear(512, 10, rng=rng))
 
 
-NETS = {"ffnn6x100": ffnn, "convsmall": conv_small, "convbig": conv_big}
+WEIGHTS = pathlib.Path(datasets.__file__).resolve().parent / "weights"
+
+
+def shipped(name):
+    return lambda rng: refcert.load(WEIGHTS / name)
+
+
+# name -> (builder, eps, inputs): "random" images or the shipped "mnist-mini" test images
+NETS = {"ffnn6x100": (ffnn, 0.02, "random"), "convsmall": (conv_small, 0.02, "random"),
+        "convbig": (conv_big, 0.02, "random"),
+        "convsmall-diffai": (shipped("convsmall_mnist_diffai_box_0.1.npz"), 0.1, "mnist-mini"),
+        "convbig-diffai": (shipped("convbig_mnist_diffai_box_0.2.npz"), 0.1, "mnist-mini")}
 
 
 class _Timeout(Exception):
@@ -94,13 +108,17 @@ def measure(net, x, y, eps, domain, batch, limit_s, repeat):
     return 1000 * best / len(xb)
 
 
-def _inputs(path, count, rng):
-    if path:
+def _inputs(source, count, rng):
+    """``count`` MNIST-shaped inputs: "random" (uniform), "mnist-mini" (shipped test images) or an ERAN CSV."""
+    if source == "random":
+        return rng.uniform(0, 1, (count, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, count)
+    if source == "mnist-mini":
+        x, y = datasets.load("mnist-mini", "test")
+    else:
         from refcert.datasets.eran import read_eran_csv
-        x, y = read_eran_csv(path)
-        reps = -(-count // len(x))
-        return np.concatenate([x] * reps)[:count], np.concatenate([y] * reps)[:count]
-    return rng.uniform(0, 1, (count, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, count)
+        x, y = read_eran_csv(source)
+    reps = -(-count // len(x))
+    return np.concatenate([x] * reps)[:count], np.concatenate([y] * reps)[:count]
 
 
 def main(argv=None):
@@ -108,50 +126,57 @@ def main(argv=None):
     parser.add_argument("--domains", nargs="*", help="default: every registered set domain")
     parser.add_argument("--nets", nargs="*", choices=list(NETS), default=list(NETS))
     parser.add_argument("--net", help="a trained net file (refcert.save) instead of random nets")
-    parser.add_argument("--inputs", help="ERAN CSV of MNIST images (default: uniform random images)")
-    parser.add_argument("--eps", type=float, default=0.02)
+    parser.add_argument("--inputs", help="ERAN CSV of MNIST images for --net (default: mnist-mini test images)")
+    parser.add_argument("--eps", type=float, help="radius for every net (default: each net's own, see above)")
     parser.add_argument("--batches", type=int, nargs="*", default=[8, 32])
     parser.add_argument("--budget", type=float, default=240.0, help="seconds for the whole run")
     parser.add_argument("--limit", type=float, default=60.0, help="seconds for one measurement")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--max-memory-gb", type=float, default=6.0)
+    parser.add_argument("--max-memory-gb", type=float, default=6.0,
+                        help="address-space limit of the process (0: none; use 0 with cupy, CUDA maps far more)")
     parser.add_argument("--backend", default=None, help="numpy | cupy | strict")
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args(argv)
-    limit_bytes = int(args.max_memory_gb * 2**30)
-    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    if args.max_memory_gb > 0:
+        limit_bytes = int(args.max_memory_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, resource.getrlimit(resource.RLIMIT_AS)[1]))
     names = args.domains or ball_domains()
     rng = np.random.default_rng(0)
-    nets = {args.net: refcert.load(args.net)} if args.net else {k: NETS[k](rng) for k in args.nets}
-    x, y = _inputs(args.inputs, max([1] + args.batches), rng)
-    x = x.astype(args.dtype)
+    count = max([1] + args.batches)
+    if args.net:
+        plan = {pathlib.Path(args.net).stem: (lambda rng: refcert.load(args.net), args.eps or 0.1, args.inputs or "mnist-mini")}
+    else:
+        plan = {k: NETS[k] for k in args.nets}
     began = time.perf_counter()
     backend = backends.use(args.backend) if args.backend else backends.use(backends.current().name)
     with backend as active:
-        print(f"backend {active.name} ({active.device}), eps={args.eps}, dtype={args.dtype}, "
-              f"batches 1 and {args.batches}")
-        header = f"{'net':<11} {'domain':<11} {'batch 1 ms':>11} {'best ms':>9} {'at batch':>8} {'x forward':>10}"
+        print(f"backend {active.name} ({active.device}), dtype={args.dtype}, batches 1 and {args.batches}")
+        header = (f"{'net':<17} {'eps':>5} {'domain':<11} {'batch 1 ms':>11} {'best ms':>9} {'at batch':>8} "
+                  f"{'x forward':>10}")
         print(header + "\n" + "-" * len(header))
-        for net_name, net in nets.items():
+        for net_name, (build, eps, source) in plan.items():
+            net, eps = build(rng), args.eps or eps
+            x, y = _inputs(source, count, rng)
+            x = x.astype(args.dtype)
             net.astype(args.dtype)
-            forward = measure(net, x, y, args.eps, "forward", max(args.batches + [1]), 10.0, 3)
+            forward = measure(net, x, y, eps, "forward", max(args.batches + [1]), 10.0, 3)
             for domain in names:
                 left = args.budget - (time.perf_counter() - began)
                 if left <= 0:
-                    print(f"{net_name:<11} {domain:<11} {'skipped (budget)':>11}")
+                    print(f"{net_name:<17} {eps:>5} {domain:<11} {'skipped (budget)':>11}")
                     continue
-                cells = {1: measure(net, x, y, args.eps, domain, 1, min(args.limit, left), args.repeat)}
+                cells = {1: measure(net, x, y, eps, domain, 1, min(args.limit, left), args.repeat)}
                 for batch in args.batches:
                     left = args.budget - (time.perf_counter() - began)
                     if isinstance(cells[1], str) or left <= 0:
                         break
-                    cells[batch] = measure(net, x, y, args.eps, domain, batch, min(args.limit, left), 1)
+                    cells[batch] = measure(net, x, y, eps, domain, batch, min(args.limit, left), 1)
                 timed = {b: v for b, v in cells.items() if not isinstance(v, str)}
                 at = min(timed, key=timed.get) if timed else None
                 one = cells[1] if isinstance(cells[1], str) else f"{cells[1]:.2f}"
                 best = f"{timed[at]:.2f}" if at else "-"
                 ratio = f"{timed[at] / forward:.0f}" if at and not isinstance(forward, str) else "-"
-                print(f"{net_name:<11} {domain:<11} {one:>11} {best:>9} {at or '-':>8} {ratio:>10}", flush=True)
+                print(f"{net_name:<17} {eps:>5} {domain:<11} {one:>11} {best:>9} {at or '-':>8} {ratio:>10}", flush=True)
     return 0
 
 

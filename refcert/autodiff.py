@@ -517,8 +517,9 @@ CHUNK_BYTES = {"numpy": 16 * 2**20}
 _DEFAULT_CHUNK_BYTES = 2**30
 
 
-def _batch_slices(batch, channels, kernel_hw, out_hw, itemsize):
+def _batch_slices(batch, channels, kernel_hw, out_hw, dtype):
     """Slices of the batch axis whose im2col columns fit in the backend's chunk budget (>= 1 item each)."""
+    itemsize = _xp().finfo(dtype).bits // 8  # the array API has no dtype.itemsize
     per_item = channels * kernel_hw[0] * kernel_hw[1] * out_hw[0] * out_hw[1] * itemsize
     budget = CHUNK_BYTES.get(backends.current().name, _DEFAULT_CHUNK_BYTES)
     step = builtins.max(1, budget // builtins.max(1, per_item))
@@ -536,30 +537,40 @@ def _by_channel(y):
     return xp.reshape(xp.permute_dims(y, (1, 2, 3, 0)), (y.shape[1], -1))
 
 
+def _join_slices(slices, batch, compute):
+    """compute(part) -> (C, H, W, b) for each batch slice, joined along that last axis (no copy for a
+    single slice) and returned as a (B, C, H, W) view."""
+    xp = _xp()
+    out = None
+    for part in slices:
+        piece = compute(part)
+        if len(slices) == 1:
+            out = piece
+        else:
+            out = xp.empty(piece.shape[:-1] + (batch,), dtype=piece.dtype) if out is None else out
+            out[..., part] = piece
+    return xp.permute_dims(out, (3, 0, 1, 2))
+
+
 def _conv2d(x, w, *, stride=1, padding=0):
     """Cross-correlation on arrays, slice by slice of the batch: (B, C, H, W) -> (B, O, Ho, Wo), returned
     as a view of a (O, Ho, Wo, B) array (the layout the next convolution's columns want)."""
     xp = _xp()
     out_hw = (_out_size(x.shape[2], w.shape[2], stride, padding), _out_size(x.shape[3], w.shape[3], stride, padding))
     kernel = xp.reshape(w, (w.shape[0], -1))
-    slices = _batch_slices(x.shape[0], x.shape[1], w.shape[2:], out_hw, x.dtype.itemsize)
-    out = None
-    for part in slices:
+
+    def convolve(part):
         cols, _ = _im2col(x[part, ...], w.shape[2], w.shape[3], stride, padding)
-        y = xp.reshape(kernel @ cols, (w.shape[0],) + out_hw + (-1,))           # (O, Ho, Wo, b)
-        if len(slices) == 1:
-            out = y
-        else:
-            out = xp.empty(y.shape[:-1] + (x.shape[0],), dtype=y.dtype) if out is None else out
-            out[..., part] = y
-    return xp.permute_dims(out, (3, 0, 1, 2))
+        return xp.reshape(kernel @ cols, (w.shape[0],) + out_hw + (-1,))            # (O, Ho, Wo, b)
+    return _join_slices(_batch_slices(x.shape[0], x.shape[1], w.shape[2:], out_hw, x.dtype),
+                        x.shape[0], convolve)
 
 
 def _conv_weight_grad(g, x, w_shape, stride, padding):
     """d<g, conv2d(x, w)>/dw for g (B, O, Ho, Wo): sum over batch slices of g (O, Ho*Wo*b) @ columns^T."""
     xp = _xp()
     total = None
-    for part in _batch_slices(x.shape[0], x.shape[1], w_shape[2:], g.shape[2:], x.dtype.itemsize):
+    for part in _batch_slices(x.shape[0], x.shape[1], w_shape[2:], g.shape[2:], x.dtype):
         cols, _ = _im2col(x[part, ...], w_shape[2], w_shape[3], stride, padding)
         term = _by_channel(g[part, ...]) @ _swap_last(cols)
         total = term if total is None else total + term
@@ -569,20 +580,15 @@ def _conv_weight_grad(g, x, w_shape, stride, padding):
 def _conv_transpose2d(y, w, *, stride=1, padding=0, input_hw):
     """The adjoint of conv2d in x: maps (B, O, Ho, Wo) back to (B, C, H, W) with H, W = input_hw."""
     xp = _xp()
-    shape = (y.shape[0], w.shape[1], int(input_hw[0]), int(input_hw[1]))
+    height, width = int(input_hw[0]), int(input_hw[1])
     kernel_t = _swap_last(xp.reshape(w, (w.shape[0], -1)))                    # (C*kh*kw, O)
-    slices = _batch_slices(y.shape[0], w.shape[1], w.shape[2:], y.shape[2:], y.dtype.itemsize)
-    out = None
-    for part in slices:
+
+    def transpose_convolve(part):
         cols = kernel_t @ _by_channel(y[part, ...])                             # (C*kh*kw, Ho*Wo*b)
-        x = _col2im(cols, (cols.shape[1] // (y.shape[2] * y.shape[3]),) + shape[1:], w.shape[2], w.shape[3],
-                    stride, padding)                                            # (C, H, W, b)
-        if len(slices) == 1:
-            out = x
-        else:
-            out = xp.empty(x.shape[:-1] + (y.shape[0],), dtype=x.dtype) if out is None else out
-            out[..., part] = x
-    return xp.permute_dims(out, (3, 0, 1, 2))
+        shape = (cols.shape[1] // (y.shape[2] * y.shape[3]), w.shape[1], height, width)
+        return _col2im(cols, shape, w.shape[2], w.shape[3], stride, padding)   # (C, H, W, b)
+    return _join_slices(_batch_slices(y.shape[0], w.shape[1], w.shape[2:], y.shape[2:], y.dtype),
+                        y.shape[0], transpose_convolve)
 
 
 _conv2d_op = primitive(
@@ -611,8 +617,7 @@ def conv2d(x, w, *, stride=1, padding=0):
     _check_conv(x_shape, w_shape)
     out_hw = (_out_size(x_shape[2], w_shape[2], stride, padding), _out_size(x_shape[3], w_shape[3], stride, padding))
     recording = grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in (x, w))
-    itemsize = _as_operand(x).dtype.itemsize
-    if not recording or len(_batch_slices(x_shape[0], x_shape[1], w_shape[2:], out_hw, itemsize)) > 1:
+    if not recording or len(_batch_slices(x_shape[0], x_shape[1], w_shape[2:], out_hw, _as_operand(x).dtype)) > 1:
         return _conv2d_op(x, w, stride=stride, padding=padding)
     cols = im2col(x, kernel_hw=tuple(w_shape[2:]), stride=stride, padding=padding)
     out = matmul(reshape(w, shape=(w_shape[0], -1)), cols)                        # (O, Ho*Wo*B)
