@@ -144,7 +144,8 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     count = max([1] + args.batches)
     if args.net:
-        plan = {pathlib.Path(args.net).stem: (lambda rng: refcert.load(args.net), args.eps or 0.1, args.inputs or "mnist-mini")}
+        source = args.inputs or "mnist-mini"
+        plan = {pathlib.Path(args.net).stem: (lambda rng: refcert.load(args.net), args.eps or 0.1, source)}
     else:
         plan = {k: NETS[k] for k in args.nets}
     began = time.perf_counter()
@@ -176,7 +177,8 @@ def main(argv=None):
                 one = cells[1] if isinstance(cells[1], str) else f"{cells[1]:.2f}"
                 best = f"{timed[at]:.2f}" if at else "-"
                 ratio = f"{timed[at] / forward:.0f}" if at and not isinstance(forward, str) else "-"
-                print(f"{net_name:<17} {eps:>5} {domain:<11} {one:>11} {best:>9} {at or '-':>8} {ratio:>10}", flush=True)
+                print(f"{net_name:<17} {eps:>5} {domain:<11} {one:>11} {best:>9} {at or '-':>8} {ratio:>10}",
+                      flush=True)
     return 0
 
 
