@@ -258,3 +258,24 @@ def find_violation(net, lower, upper, C, d, time_limit: float = 60.0):
         return None
     raise ExactUndecided(f"MILP optimum t* = {t_star:.3g} is within tolerance of 0 and the concrete check "
                          f"fails by {np.max(C @ y - d):.3g}")
+
+
+def width_ratios(net, lower, upper, names=None, time_limit: float = 60.0, min_width: float = 1e-9):
+    """How tight each domain is on the box: {name: (outputs,) array of domain width / exact width}.
+
+    A sound domain has every ratio >= 1 (up to the MILP's tolerance); 1 means exact.  Outputs whose exact
+    width is below ``min_width`` get nan (a ratio to zero says nothing).  ``names``: domains to compare
+    (default every L∞-ball domain, ``certify.ball_domains()``); one that cannot run the net raises.
+    """
+    from refcert import domains
+    from refcert.certify import ball_domains
+    lo, hi, _, _ = exact_bounds(net, lower, upper, time_limit)
+    exact = (hi - lo).reshape(-1)
+    wide = exact >= min_width
+    ratios = {}
+    for name in names or ball_domains():
+        with no_grad():
+            dlo, dhi = net(domains.get(name).from_bounds(lower, upper)).bounds()
+        width = (dhi.numpy() - dlo.numpy()).astype(np.float64).reshape(-1)
+        ratios[name] = np.where(wide, width / np.where(wide, exact, 1.0), np.nan)
+    return ratios

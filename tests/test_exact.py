@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refcert import domains, nn
-from refcert.exact import exact_bounds, find_violation
+from refcert.exact import exact_bounds, find_violation, width_ratios
 from tests.strategies import assert_inside, input_boxes, networks, sample_points
 
 pytest.importorskip("scipy.optimize", reason="the exact oracle needs SciPy's milp")
@@ -122,3 +122,23 @@ def test_non_piecewise_linear_layer_is_refused():
     net = nn.Sequential(nn.Linear(2, 2, dtype="float64"), nn.Sigmoid())
     with pytest.raises(ValueError, match="Sigmoid"):
         exact_bounds(net, np.zeros((1, 2)), np.ones((1, 2)))
+
+
+def test_width_ratios_never_below_one_and_one_where_a_domain_is_exact():
+    rng = np.random.default_rng(3)
+    relu_net = nn.Sequential(nn.Linear(3, 8, rng=rng), nn.ReLU(), nn.Linear(8, 8, rng=rng), nn.ReLU(),
+                             nn.Linear(8, 4, rng=rng))
+    affine_net = nn.Sequential(nn.Linear(3, 8, rng=rng), nn.Linear(8, 4, rng=rng))
+    x = rng.uniform(-1, 1, (1, 3))
+    lower, upper = x - 0.4, x + 0.4
+    ratios = width_ratios(relu_net, lower, upper)
+    assert {"box", "deepzono", "deeppoly", "crown-ibp", "hswitch"} <= set(ratios)
+    for name, ratio in ratios.items():
+        assert ratio.shape == (4,) and np.all(ratio >= 1 - TOL), (name, ratio)
+    assert np.all(ratios["deeppoly"] <= ratios["box"] + TOL)   # DeepPoly is intersected with Box
+    exact = width_ratios(affine_net, lower, upper, names=["box", "deepzono", "zbox", "hbox", "deeppoly"])
+    for name in ("deepzono", "zbox", "hbox", "deeppoly"):   # affine maps are exact on zonotopes and DeepPoly
+        np.testing.assert_allclose(exact[name], 1.0, rtol=1e-6, err_msg=name)
+    assert np.all(exact["box"] >= 1 - TOL) and np.any(exact["box"] > 1.01)   # Box loses the dependency
+    point = width_ratios(relu_net, x, x, names=["box"])["box"]
+    assert np.all(np.isnan(point))   # no width to compare with
