@@ -145,7 +145,7 @@ def main(argv=None):
     count = max([1] + args.batches)
     if args.net:
         source = args.inputs or "mnist-mini"
-        plan = {pathlib.Path(args.net).stem: (lambda rng: refcert.load(args.net), args.eps or 0.1, source)}
+        plan = {pathlib.Path(args.net).stem: (lambda rng: refcert.load(args.net), 0.1, source)}
     else:
         plan = {k: NETS[k] for k in args.nets}
     began = time.perf_counter()
@@ -156,7 +156,7 @@ def main(argv=None):
                   f"{'x forward':>10}")
         print(header + "\n" + "-" * len(header))
         for net_name, (build, eps, source) in plan.items():
-            net, eps = build(rng), args.eps or eps
+            net, eps = build(rng), eps if args.eps is None else args.eps
             x, y = _inputs(source, count, rng)
             x = x.astype(args.dtype)
             net.astype(args.dtype)

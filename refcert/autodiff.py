@@ -451,4 +451,4 @@ def as_tensor(value) -> Tensor:
 # Convolution and pooling are rows of the same op table, kept in their own module for length; importing
 # them here registers them and keeps ``autodiff.conv2d`` etc. the one place callers look.
 from refcert.autodiff_conv import (  # noqa: E402,F401
-    CHUNK_BYTES, avg_pool2d, conv2d, conv_transpose2d, im2col, max_pool2d, pad2d)
+    CHUNK_BYTES, avg_pool2d, conv2d, conv_transpose2d, max_pool2d, pad2d)

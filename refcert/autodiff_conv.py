@@ -11,8 +11,7 @@ import builtins
 import math
 
 from refcert import backends
-from refcert.autodiff import (Tensor, _as_operand, _shape, _swap_last, _to_dtype, _xp, grad_enabled, matmul,
-                              primitive, reshape, transpose)
+from refcert.autodiff import _shape, _swap_last, _to_dtype, _xp, primitive
 
 
 def _pad_hw(x, padding):
@@ -175,30 +174,17 @@ _conv2d_op = primitive(
     lambda g, ans, x, w, *, stride=1, padding=0: _conv_weight_grad(g, x, w.shape, stride, padding))
 
 
-im2col = primitive(  # columns kept in the graph: the weight gradient reuses them (see conv2d)
-    "im2col",
-    lambda x, *, kernel_hw, stride, padding: _im2col(x, *kernel_hw, stride, padding)[0],
-    lambda g, ans, x, *, kernel_hw, stride, padding: _xp().permute_dims(
-        _col2im(g, x.shape, *kernel_hw, stride, padding), (3, 0, 1, 2)))
-
-
 def conv2d(x, w, *, stride=1, padding=0):
     """Cross-correlation of x (B, C, H, W) with w (O, C, kh, kw) -> (B, O, Ho, Wo); the layer adds the bias.
 
-    im2col, then one matrix product with the kernel.  When a gradient is recorded and the columns fit in
-    one slice (training batches), the graph keeps them and d/dW = g (O, Ho*Wo*B) @ columns^T reuses them.
-    Otherwise (certification, zonotope generators: batches of thousands of images) the primitive works
-    slice by slice of the batch and the weight gradient recomputes the columns; memory stays bounded.
+    im2col, then one matrix product with the kernel, slice by slice of the batch; the gradient in x is
+    conv_transpose2d, the gradient in w recomputes the columns slice by slice (the graph keeps x, not its
+    columns: recomputing them measured no slower on training batches, and memory stays bounded).
     """
-    x_shape, w_shape = _shape(x), _shape(w)
-    _check_conv(x_shape, w_shape)
-    out_hw = (_out_size(x_shape[2], w_shape[2], stride, padding), _out_size(x_shape[3], w_shape[3], stride, padding))
-    recording = grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in (x, w))
-    if not recording or len(_batch_slices(x_shape[0], x_shape[1], w_shape[2:], out_hw, _as_operand(x).dtype)) > 1:
-        return _conv2d_op(x, w, stride=stride, padding=padding)
-    cols = im2col(x, kernel_hw=tuple(w_shape[2:]), stride=stride, padding=padding)
-    out = matmul(reshape(w, shape=(w_shape[0], -1)), cols)                        # (O, Ho*Wo*B)
-    return transpose(reshape(out, shape=(w_shape[0],) + out_hw + (x_shape[0],)), axes=(3, 0, 1, 2))
+    _check_conv(_shape(x), _shape(w))
+    _out_size(_shape(x)[2], _shape(w)[2], stride, padding)
+    _out_size(_shape(x)[3], _shape(w)[3], stride, padding)
+    return _conv2d_op(x, w, stride=stride, padding=padding)
 
 
 conv_transpose2d = primitive(  # used by back-substitution (DeepPoly) through convolutions

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refcert import nn
+from refcert import domains, nn
 from refcert.autodiff import no_grad
+from refcert.certify import ball_domains
 
 _AFFINE_OPS = ("linear", "conv2d", "normalize", "flatten", "avg_pool2d")
 _WIDEN = 1e-7  # relative + absolute widening of big-M bounds against rounding
@@ -267,8 +268,6 @@ def width_ratios(net, lower, upper, names=None, time_limit: float = 60.0, min_wi
     width is below ``min_width`` get nan (a ratio to zero says nothing).  ``names``: domains to compare
     (default every L∞-ball domain, ``certify.ball_domains()``); one that cannot run the net raises.
     """
-    from refcert import domains
-    from refcert.certify import ball_domains
     lo, hi, _, _ = exact_bounds(net, lower, upper, time_limit)
     exact = (hi - lo).reshape(-1)
     wide = exact >= min_width
