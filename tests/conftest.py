@@ -21,3 +21,12 @@ def shared_file(relative: str) -> pathlib.Path:
     if not path.exists():
         pytest.skip(f"shared file {relative} not found under {SHARED}")
     return path
+
+
+@pytest.fixture
+def plain():
+    """Real-arithmetic transformers without refcert.fp's rounding-error radii: for tests of a closed form
+    or of gradients, which the sound widening (a few ulps) would blur.  Soundness tests never use it."""
+    from refcert import fp
+    with fp.use(sound=False):
+        yield

@@ -49,6 +49,7 @@ def test_one_affine_layer_is_exact(data):
 
 @pytest.mark.parametrize("layer, f", [(nn.ReLU(), lambda v: np.maximum(v, 0)),
                                       (nn.Sigmoid(), lambda v: 1 / (1 + np.exp(-v))), (nn.Tanh(), np.tanh)])
+@pytest.mark.usefixtures("plain")
 def test_monotone_activations_map_the_bounds(layer, f):
     lower, upper = np.array([[-2.0, -1.0, 0.0, 0.5]]), np.array([[-1.0, 3.0, 0.0, 4.0]])
     lo, hi = layer(BOX.from_bounds(lower, upper)).bounds()
@@ -67,6 +68,7 @@ def test_max_pool_and_residual():
     np.testing.assert_allclose(hi.numpy(), [[4.0, 6.0]])
 
 
+@pytest.mark.usefixtures("plain")
 def test_ibp_on_a_known_network():
     """Hand-computed: x ∈ [-1, 1]², h = relu([x1 + x2, x1 − x2]) ∈ [0, 2]², y = h1 − h2 ∈ [-2, 2]."""
     first, second = nn.Linear(2, 2, dtype="float64"), nn.Linear(2, 1, dtype="float64")

@@ -86,6 +86,7 @@ def _relu_minus(c: float):
 
 @pytest.mark.parametrize("name", BOTH)
 @pytest.mark.parametrize("l, u", [(-1.0, 3.0), (-2.0, 0.5), (-0.3, 0.3), (-1.0, 1.0), (-1.0, 0.999)])
+@pytest.mark.usefixtures("plain")
 def test_one_crossing_neuron_has_the_closed_form_bounds(name, l, u):
     """relu(x) − c x on [l, u] back-substitutes to (α − c) x below and u(x − l)/(u − l) − c x above,
     α = 1 iff u ≥ −l (ERAN's tie rule: l = −1, u = 1 takes α = 1); then intersected with Box."""
@@ -99,6 +100,7 @@ def test_one_crossing_neuron_has_the_closed_form_bounds(name, l, u):
     assert hi[0, 0] == pytest.approx(min(closed_hi, box_hi), abs=1e-14)
 
 
+@pytest.mark.usefixtures("plain")
 def test_eran_tie_rule_is_observable():
     """At u = −l DeepPoly takes α = 1; with c = 0.75 on [−1, 1] that gives −0.25 (α = 0 would give −0.75)."""
     lo, _ = _bounds(_relu_minus(0.75), np.array([[-1.0]]), np.array([[1.0]]), "deeppoly")
@@ -214,6 +216,7 @@ def test_selected_neurons_get_the_bounds_full_back_substitution_gives_them():
 
 
 @pytest.mark.parametrize("name", BOTH)
+@pytest.mark.usefixtures("plain")
 def test_bound_gradients_match_central_differences(name):
     """d(Σ r1·lower + Σ r2·upper)/dθ for every weight, against central differences (float64)."""
     nn.seed(6)

@@ -124,6 +124,7 @@ def test_non_piecewise_linear_layer_is_refused():
         exact_bounds(net, np.zeros((1, 2)), np.ones((1, 2)))
 
 
+@pytest.mark.usefixtures("plain")
 def test_width_ratios_never_below_one_and_one_where_a_domain_is_exact():
     rng = np.random.default_rng(3)
     relu_net = nn.Sequential(nn.Linear(3, 8, rng=rng), nn.ReLU(), nn.Linear(8, 8, rng=rng), nn.ReLU(),

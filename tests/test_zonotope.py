@@ -89,6 +89,7 @@ def test_stable_relus_are_exact(name, seed):
 
 
 @pytest.mark.parametrize("l, u", [(-1.0, 3.0), (-2.0, 0.5), (-1.0, 1.0)])
+@pytest.mark.usefixtures("plain")
 def test_one_crossing_neuron_has_the_closed_form(l, u):
     """x ∈ [l, u], l < 0 < u.  DeepZono: [λl, u] with λ = u/(u − l); zBox: [0, u]; zDiag: [l, u − l];
     zSwitch: zBox iff −l > u; zSmooth: λ = 1 − t, μ = (1 − t)(−l/2) + t·u/2 gives [λl, λu + 2μ]."""
@@ -104,6 +105,7 @@ def test_one_crossing_neuron_has_the_closed_form(l, u):
                                        err_msg=variant)
 
 
+@pytest.mark.usefixtures("plain")
 def test_deepzono_keeps_the_input_symbol_and_adds_one():
     """DeepZono on [l, u] = [-1, 3]: center λc + μ, rows [λr, μ] (the input symbol stays shared)."""
     z = nn.ReLU()(domains.get("deepzono").from_bounds([[-1.0]], [[3.0]]))
@@ -117,6 +119,7 @@ def test_deepzono_keeps_the_input_symbol_and_adds_one():
 
 
 @pytest.mark.parametrize("name", ZONOTOPES)
+@pytest.mark.usefixtures("plain")
 def test_x_minus_x_through_a_residual_is_exactly_zero(name):
     identity = linear(np.eye(3))
     net = nn.Sequential(nn.Residual(identity, linear(-np.eye(3))))
@@ -127,6 +130,7 @@ def test_x_minus_x_through_a_residual_is_exactly_zero(name):
 
 
 @pytest.mark.parametrize("name", ["zdiag", "hdiag"])
+@pytest.mark.usefixtures("plain")
 def test_relu_minus_x_is_exact_for_diag(name):
     """relu(x) − x over [l, u] is exactly [0, −l]; zDiag gets it because x's symbol cancels."""
     net = nn.Sequential(nn.Residual(nn.ReLU(), linear(-np.eye(2))))
@@ -202,6 +206,7 @@ def _loss(name, net, x, eps):
 
 
 @pytest.mark.parametrize("name", ["box"] + ZONOTOPES)
+@pytest.mark.usefixtures("plain")
 def test_bound_gradients_match_finite_differences(name):
     rng = np.random.default_rng(7)
     kw = {"rng": rng, "dtype": "float64"}

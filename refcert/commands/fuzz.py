@@ -1,10 +1,11 @@
 """``refcert fuzz``: differential fuzzing of a neural-network verifier against the exact oracle.
 
     refcert fuzz --verifier marabou | refcert | 'CMD {onnx} {vnnlib} {result} {timeout}'
-                 --cases 50 --seed 0 --out DIR [--timeout 20] [--no-shrink]
+                 --cases 50 --seed 0 --out DIR [--timeout 20] [--no-shrink] [--family net|fp]
 Writes DIR/case-NNNN/ (net.onnx, prop.vnnlib, answer.json, stdout.txt, stderr.txt, result.txt) and
 DIR/summary.csv, prints the summary table; exit code 1 when an unsound answer or a bad
-counterexample was found (for CI), else 0.  Classes: refcert/fuzz/runner.py.
+counterexample was found (for CI), else 0.  Classes: refcert/fuzz/runner.py.  ``--family fp``: the
+floating-point quirk family with exact real answers (refcert/fuzz/fp_family.py; classes in fp_check.py).
 """
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ def add_arguments(parser):
     parser.add_argument("--shrink", action=argparse.BooleanOptionalAction, default=True,
                         help="shrink failing cases (default on)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary table")
+    parser.add_argument("--family", choices=("net", "fp"), default="net",
+                        help="'net': random nets in benchmark layouts, MILP answers (default); 'fp': "
+                             "floating-point quirks (absorption, cancellation, near ties, tiny boxes, huge biases) "
+                             "with exact rational answers")
 
 
 def run(args):
@@ -30,6 +35,9 @@ def run(args):
         raise ValueError(f"--cases must be >= 1 and --timeout > 0, got {args.cases} and {args.timeout}")
     adapter = adapters.get(args.verifier)
     log = (lambda *a: None) if args.quiet else (lambda line: print(line, flush=True))
-    rows = runner.campaign(adapter, args.cases, args.seed, args.out, args.timeout, args.shrink, log)
-    print(runner.summary_table(rows, adapter.name))
+    fam = runner.family(args.family)
+    rows = runner.campaign(adapter, args.cases, args.seed, args.out, args.timeout, args.shrink, log, fam)
+    print(runner.summary_table(rows, adapter.name, fam.classes))
+    if fam.extra_summary is not None:
+        print("\n" + fam.extra_summary(rows))
     return 1 if any(r["class"] in ("unsound", "bad-counterexample") for r in rows) else 0

@@ -10,6 +10,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from refcert import autodiff as ad
 
 #: the layer vocabulary every table must cover
@@ -24,19 +26,45 @@ class Domain:
     from_bounds: Callable  # (lower, upper) Tensors (batch, *shape) -> element
 
     def linf_ball(self, x, eps, clip=(0.0, 1.0)):
-        """The L∞ ball of radius ``eps`` around each input of the batch ``x``, intersected with ``clip``."""
+        """The L∞ ball of radius ``eps`` around each input of the batch ``x``, intersected with ``clip``,
+        as a set of reals (x, eps and clip read as exact numbers), rounded outward (``fp.policy().sound``)."""
+        from refcert import fp
         x = ad.as_tensor(x)
         eps_values = ad.as_tensor(eps).numpy()
         if not (eps_values >= 0).all():  # also catches NaN
             raise ValueError(f"eps must be non-negative numbers, got {eps_values.reshape(-1)[:3].tolist()}")
+        if clip is not None and clip[0] > clip[1]:
+            raise ValueError(f"clip range is empty: {clip}")
+        if fp.policy().sound:
+            lower, upper = outward_ball(x, eps, clip)
+            return self.from_bounds(lower, upper)
         lower, upper = x - eps, x + eps
         if clip is not None:
-            lo, hi = clip
-            if lo > hi:
-                raise ValueError(f"clip range is empty: {clip}")
-            lower = ad.clip(lower, lower=lo, upper=hi)
-            upper = ad.clip(upper, lower=lo, upper=hi)
+            lower = ad.clip(lower, lower=clip[0], upper=clip[1])
+            upper = ad.clip(upper, lower=clip[0], upper=clip[1])
         return self.from_bounds(lower, upper)
+
+
+def outward_ball(x, eps, clip):
+    """[lower, upper] in x's dtype containing the real set {y : |y − x| ≤ eps} ∩ [clip]: computed in
+    float64 (one rounding, then one step outward), cast to x's dtype (then one more step outward).
+    Constants, no gradient (proofs/floating_point.md §1)."""
+    from refcert import backends
+    xp = backends.current().xp
+    dtype = x.dtype
+    x64 = xp.astype(x.value, xp.float64)
+    e64 = backends.current().asarray(ad.as_tensor(eps).numpy().astype(np.float64))
+    inf = xp.full_like(x64, np.inf)
+    lower, upper = xp.nextafter(x64 - e64, -inf), xp.nextafter(x64 + e64, inf)
+    if clip is not None:
+        lower = xp.maximum(lower, xp.full_like(x64, float(clip[0])))
+        upper = xp.minimum(upper, xp.full_like(x64, float(clip[1])))
+    cast_lower, cast_upper = xp.astype(lower, dtype), xp.astype(upper, dtype)
+    if cast_lower.dtype != xp.float64:
+        inf = xp.full_like(cast_lower, np.inf)
+        cast_lower = xp.where(xp.astype(cast_lower, xp.float64) > lower, xp.nextafter(cast_lower, -inf), cast_lower)
+        cast_upper = xp.where(xp.astype(cast_upper, xp.float64) < upper, xp.nextafter(cast_upper, inf), cast_upper)
+    return ad.Tensor(cast_lower), ad.Tensor(cast_upper)
 
 
 _REGISTRY: dict[str, Domain] = {}

@@ -13,6 +13,13 @@ the input, replacing x_k by its relation to x_{k−1} at each step, then concret
 - ``ResidualStep`` x_k = a + b, two branches from one branch point: substitute lam through each branch
   down to the branch point and add the two results.
 
+Floating point (proofs/floating_point.md §5): every step carries ``slack`` ≥ 0 (its output's shape) and
+``floor`` (per batch element) such that the step's inequality holds for the *computed* lam' and constant
+up to |lam|·slack + floor: the error of computing lam' and the constant in floats, plus, for affine steps,
+the error of any execution of the layer.  ``substitute`` adds these up in S, and ``lower_bounds``
+subtracts 2S and the error of its own final sums, rounding the result down.  Without the sound policy the
+slacks are None and nothing is added.
+
 Only the *lower* rule exists here: an upper bound of lam·x is −(lower bound of −lam·x), so ``bounds``
 stacks the rows [I; −I] and runs one pass.  At the input, Σ max(lam,0)·l + min(lam,0)·u is the exact
 minimum of the linear form over the box.  Everything is autodiff ops (gradients reach weights and input
@@ -23,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from refcert import autodiff as ad
-from refcert import backends
+from refcert import backends, fp
 from refcert.autodiff import Tensor
 
 #: rows × (largest layer size) × batch elements per chunk of lam (2^24 float64 = 128 MiB)
@@ -36,6 +43,8 @@ class AffineStep:
     op: str
     params: dict
     in_shape: tuple
+    slack: Tensor | None = None      # (batch, *out shape): rounding + execution error per unit of |lam|
+    floor: Tensor | None = None      # (batch,): absolute underflow error of the substitution
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,8 @@ class RelaxStep:
     lower_offset: Tensor
     upper_slope: Tensor
     upper_offset: Tensor
+    slack: Tensor | None = None
+    floor: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -59,13 +70,20 @@ class MaxPoolStep:
     stride: int
     padding: int
     in_shape: tuple
+    slack: Tensor | None = None
+    floor: Tensor | None = None
 
 
 @dataclass(frozen=True)
 class ResidualStep:
-    """x_k = block(x_o) + shortcut(x_o): each branch is the tuple of steps from the branch point x_o."""
+    """x_k = block(x_o) + shortcut(x_o): each branch is the tuple of steps from the branch point x_o.
+    ``slack``: the merge's rounding/execution error (output shape); ``origin_slack``: the error of adding
+    the two branches' coefficients at x_o, per unit of |lam_a| + |lam_b| (x_o's shape)."""
     block: tuple
     shortcut: tuple
+    slack: Tensor | None = None
+    origin_slack: Tensor | None = None
+    floor: Tensor | None = None
 
 
 def _feature_sum(t: Tensor) -> Tensor:
@@ -155,10 +173,15 @@ def _through_maxpool(lam: Tensor, step: MaxPoolStep):
 
 
 def substitute(lam: Tensor, steps: tuple):
-    """Walk ``steps`` from the last to the first: returns (lam', c) with lam·x_top ≥ lam'·x_bottom + c
-    for every reachable x (c is (batch', rows) or None).  lam: (batch', rows, *shape of x_top)."""
-    c = None
+    """Walk ``steps`` from the last to the first: returns (lam', c, S) with lam·x_top ≥ lam'·x_bottom + c − S
+    for every reachable x (c, S are (batch', rows) or None; S ≥ 0 is the floating-point slack, exact up
+    to the rounding of its own sums, see ``lower_bounds``).  lam: (batch', rows, *shape of x_top)."""
+    c = slack = None
     for step in reversed(steps):
+        if getattr(step, "slack", None) is not None:
+            slack = _plus(slack, _dot_features(ad.abs(lam), step.slack))
+        if getattr(step, "floor", None) is not None:
+            slack = _plus(slack, ad.reshape(step.floor, shape=(-1, 1)))
         if isinstance(step, AffineStep):
             lam, dc = _through_affine(lam, step)
         elif isinstance(step, RelaxStep):
@@ -166,13 +189,16 @@ def substitute(lam: Tensor, steps: tuple):
         elif isinstance(step, MaxPoolStep):
             lam, dc = _through_maxpool(lam, step)
         elif isinstance(step, ResidualStep):  # both branches start from the same lam and meet at x_o
-            lam_a, c_a = substitute(lam, step.block)
-            lam_b, c_b = substitute(lam, step.shortcut)
+            lam_a, c_a, s_a = substitute(lam, step.block)
+            lam_b, c_b, s_b = substitute(lam, step.shortcut)
             lam, dc = lam_a + lam_b, _plus(c_a, c_b)
+            slack = _plus(slack, _plus(s_a, s_b))
+            if step.origin_slack is not None:
+                slack = _plus(slack, _dot_features(ad.abs(lam_a) + ad.abs(lam_b), step.origin_slack))
         else:
             raise TypeError(f"unknown back-substitution step {type(step).__name__}")
         c = _plus(c, dc)
-    return lam, c
+    return lam, c, slack
 
 
 def _plus(a, b):
@@ -182,10 +208,23 @@ def _plus(a, b):
 def lower_bounds(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Tensor) -> Tensor:
     """Lower bounds (batch, rows) of lam·x_top over the input box: substitute to the input, then
     min over the box of lam'·x = Σ max(lam',0)·l + min(lam',0)·u = lam'·u + max(lam',0)·(l − u)
-    (proofs/deeppoly.md §1)."""
-    lam, c = substitute(lam, steps)
+    (proofs/deeppoly.md §1).  Sound policy: minus 2S (S's own sums can only have shrunk it, by less than
+    half) and fp's radius of these last sums, rounded down (proofs/floating_point.md §5)."""
+    lam, c, slack = substitute(lam, steps)
     bound = _dot_features(lam, input_upper) + _dot_features(ad.relu(lam), input_lower - input_upper)
-    return bound if c is None else bound + c
+    bound = bound if c is None else bound + c
+    if not fp.policy().sound:
+        return bound
+    with ad.no_grad():
+        scale = ad.maximum(ad.abs(input_lower), ad.abs(input_upper)) * 3.0
+        size = _size(input_lower.shape[1:])
+        last = _dot_features(ad.abs(lam), scale)
+        last = last if c is None else last + ad.abs(c)
+        last = last if slack is None else last + 2.0 * slack
+        error = fp.radius(last, size + 2, execution=None)
+        if slack is not None:
+            error = error + 2.0 * slack
+    return fp.down(bound - error)
 
 
 def _size(shape) -> int:

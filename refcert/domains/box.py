@@ -5,7 +5,9 @@ Interval arithmetic as used for certified training by DiffAI (Mirman, Gehr, Vech
 radius through its absolute value; monotone layers (ReLU, sigmoid, tanh, pooling) map the bounds.
 The element is a batch of boxes ``Box(lower, upper)``, both Tensors (batch, *shape).  Every
 transformer is written with autodiff ops, so the bounds are differentiable in the weights and in the
-input bounds.  Proofs: proofs/box.md.
+input bounds.  Floating point: every transformer that rounds adds ``refcert.fp``'s error radius for
+(|A| M + |b|), M = max(|lower|, |upper|) its input's magnitude; monotone functions take ``fp.enclose``'s
+outward enclosures.  Proofs: proofs/box.md, proofs/floating_point.md.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refcert import autodiff as ad
-from refcert import domains
+from refcert import domains, fp
 from refcert.autodiff import Tensor
 from refcert.domains import point
 
@@ -66,28 +68,56 @@ def check_bounds(lower: Tensor, upper: Tensor, domain: str) -> None:
                          f"{int((lo > hi).sum())} coordinates")
 
 
-def _from_center_radius(c: Tensor, r: Tensor) -> Box:
+def _from_center_radius(c: Tensor, r: Tensor, error: Tensor | None = None) -> Box:
+    """[c − r, c + r], the radius grown by the rounding-error radius ``error`` (None: not sound)."""
+    r = fp.plus(r, error)
     return Box(c - r, c + r)
 
 
+def magnitude(x: Box) -> Tensor:
+    """M = max(|lower|, |upper|) ≥ |x| for every x of the box (exact)."""
+    return ad.maximum(ad.abs(x.lower), ad.abs(x.upper))
+
+
+def _error(x: Box, image, n: int, parameter=None):
+    """fp's error radius of an affine layer: image(M) = |A| M + |b| for the layer's matrix A and constant b
+    (a constant: computed without gradient); n bounds the terms of every sum.  None when not sound."""
+    if not fp.policy().sound:
+        return None
+    with ad.no_grad():
+        execution = fp.execution_dtype(getattr(parameter, "dtype", None), x.lower.dtype)
+        return fp.radius(image(magnitude(x)), n, execution=execution)
+
+
 def linear(x: Box, *, weight: Tensor, bias: Tensor | None) -> Box:
-    """DiffAI Sec. 4.1 / IBP Eq. 6: c' = W c + b, r' = |W| r.  Sound: |W(x − c)| ≤ |W| |x − c| ≤ |W| r."""
+    """DiffAI Sec. 4.1 / IBP Eq. 6: c' = W c + b, r' = |W| r.  Sound: |W(x − c)| ≤ |W| |x − c| ≤ |W| r.
+    Rounding: + fp.radius(|W| M + |b|) with n = fan-in + 1 (proofs/floating_point.md §3)."""
+    abs_w = ad.abs(weight)
+    image = lambda m: point.linear(m, weight=abs_w, bias=None if bias is None else ad.abs(bias))
     return _from_center_radius(point.linear(x.center, weight=weight, bias=bias),
-                               point.linear(x.radius, weight=ad.abs(weight), bias=None))
+                               point.linear(x.radius, weight=abs_w, bias=None),
+                               _error(x, image, weight.shape[-1] + 1, weight))
 
 
 def conv2d(x: Box, *, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> Box:
     """As ``linear`` for the convolution's matrix: c' = conv(c) + b, r' = conv_|K|(r) (proofs/box.md)."""
+    abs_k = ad.abs(weight)
+    image = lambda m: point.conv2d(m, weight=abs_k, bias=None if bias is None else ad.abs(bias), stride=stride,
+                                   padding=padding)
+    fan_in = weight.shape[1] * weight.shape[2] * weight.shape[3]
     return _from_center_radius(point.conv2d(x.center, weight=weight, bias=bias, stride=stride, padding=padding),
-                               point.conv2d(x.radius, weight=ad.abs(weight), bias=None, stride=stride,
-                                            padding=padding))
+                               point.conv2d(x.radius, weight=abs_k, bias=None, stride=stride, padding=padding),
+                               _error(x, image, fan_in + 1, weight))
 
 
 def normalize(x: Box, *, mean: Tensor, std: Tensor) -> Box:
-    """(x − m)/s is affine with diagonal matrix 1/s: c' = (c − m)/s, r' = r/|s| (proofs/box.md)."""
+    """(x − m)/s is affine with diagonal matrix 1/s: c' = (c − m)/s, r' = r/|s| (proofs/box.md);
+    rounding: + fp.radius((M + |m|)/|s|)."""
     feature_ndim = x.lower.ndim - 1
+    image = lambda m: point.normalize(m, mean=-ad.abs(mean), std=ad.abs(std), feature_ndim=feature_ndim)
     return _from_center_radius(point.normalize(x.center, mean=mean, std=std, feature_ndim=feature_ndim),
-                               point.scale_by_std(x.radius, std=ad.abs(std), feature_ndim=feature_ndim))
+                               point.scale_by_std(x.radius, std=ad.abs(std), feature_ndim=feature_ndim),
+                               _error(x, image, 2, mean))
 
 
 def flatten(x: Box) -> Box:
@@ -96,35 +126,40 @@ def flatten(x: Box) -> Box:
 
 
 def avg_pool2d(x: Box, *, kernel_size: int, stride: int, padding: int = 0) -> Box:
-    """Averaging has non-negative weights, so it is monotone: apply it to each bound (proofs/box.md)."""
-    return Box(point.avg_pool2d(x.lower, kernel_size=kernel_size, stride=stride, padding=padding),
-               point.avg_pool2d(x.upper, kernel_size=kernel_size, stride=stride, padding=padding))
+    """Averaging has non-negative weights, so it is monotone: apply it to each bound (proofs/box.md);
+    rounding: ∓ fp.radius(avg(M)), n = k² + 1."""
+    pool = lambda t: point.avg_pool2d(t, kernel_size=kernel_size, stride=stride, padding=padding)
+    error = _error(x, pool, kernel_size * kernel_size + 1)
+    return Box(fp.plus(pool(x.lower), None if error is None else -error), fp.plus(pool(x.upper), error))
 
 
 def max_pool2d(x: Box, *, kernel_size: int, stride: int, padding: int = 0) -> Box:
-    """Max is monotone in every argument: apply it to each bound (exact per output neuron)."""
+    """Max is monotone in every argument: apply it to each bound (exact per output neuron, no rounding)."""
     return Box(point.max_pool2d(x.lower, kernel_size=kernel_size, stride=stride, padding=padding),
                point.max_pool2d(x.upper, kernel_size=kernel_size, stride=stride, padding=padding))
 
 
 def relu(x: Box) -> Box:
-    """DiffAI Sec. 4.1: ReLU is monotone, [relu(l), relu(u)] is its exact image per neuron."""
+    """DiffAI Sec. 4.1: ReLU is monotone, [relu(l), relu(u)] is its exact image per neuron (no rounding)."""
     return Box(ad.relu(x.lower), ad.relu(x.upper))
 
 
 def sigmoid(x: Box) -> Box:
-    """σ is increasing: [σ(l), σ(u)] is its exact image per neuron (proofs/box.md)."""
-    return Box(ad.sigmoid(x.lower), ad.sigmoid(x.upper))
+    """σ is increasing: [σ(l), σ(u)] is its exact image per neuron (proofs/box.md), taken from
+    fp.enclose's outward enclosures (real σ and every execution's)."""
+    return Box(fp.enclose("sigmoid", x.lower)[0], fp.enclose("sigmoid", x.upper)[1])
 
 
 def tanh(x: Box) -> Box:
-    """tanh is increasing: [tanh(l), tanh(u)] is its exact image per neuron (proofs/box.md)."""
-    return Box(ad.tanh(x.lower), ad.tanh(x.upper))
+    """tanh is increasing: [tanh(l), tanh(u)] per neuron (proofs/box.md), from fp.enclose."""
+    return Box(fp.enclose("tanh", x.lower)[0], fp.enclose("tanh", x.upper)[1])
 
 
 def add(a: Box, b: Box, *, origin=None) -> Box:
-    """Minkowski sum of the two branches' boxes: [la + lb, ua + ub] (the branches' correlation is lost)."""
-    return Box(a.lower + b.lower, a.upper + b.upper)
+    """Minkowski sum of the two branches' boxes: [la + lb, ua + ub] (the branches' correlation is lost);
+    rounding: ∓ fp.radius(M_a + M_b)."""
+    error = _error(a, lambda m: m + magnitude(b), 1)
+    return Box(fp.plus(a.lower + b.lower, None if error is None else -error), fp.plus(a.upper + b.upper, error))
 
 
 TRANSFORMERS = {

@@ -20,7 +20,9 @@ where back-substitution is used:
   specification layer C·y), and intersects with the IBP bounds.  That is CROWN-IBP's bound (Eq. 9).
 
 Relaxations: ReLU (POPL'19 Sec. 4.2, with ERAN's tie rule), sigmoid/tanh (Sec. 4.3), max pool (ERAN).
-Proofs: proofs/deeppoly.md, proofs/crown_ibp.md.
+Floating point: the concrete bounds come from Box's sound transformers; each step records ``fp``'s error
+radius for back-substitution through it (``_errors``), relaxation lines are built with outward rounding.
+Proofs: proofs/deeppoly.md, proofs/crown_ibp.md, proofs/floating_point.md.
 """
 from __future__ import annotations
 
@@ -30,9 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from refcert import autodiff as ad
-from refcert import backends, domains
+from refcert import backends, domains, fp
 from refcert.autodiff import Tensor
-from refcert.domains import backsub, box
+from refcert.domains import backsub, box, point
 from refcert.domains.backsub import AffineStep, MaxPoolStep, RelaxStep, ResidualStep
 
 DEEPPOLY, CROWN_IBP = "deeppoly", "crown-ibp"
@@ -75,22 +77,27 @@ def from_bounds(lower, upper, *, domain: str) -> DeepPoly:
 def relu_lines(l: Tensor, u: Tensor) -> RelaxStep:
     """POPL'19 Sec. 4.2.  Stable neurons exact; crossing (l < 0 < u): upper chord u(x − l)/(u − l), lower
     α·x with α = 1 if u ≥ −l else 0 (ERAN/ELINA: area heuristic, the tie u = −l goes to α = 1).
-    Sound: relu is convex, so the chord lies above it; αx ≤ relu(x) for α ∈ [0, 1].  proofs/deeppoly.md §2."""
+    Sound: relu is convex, so the chord lies above it; αx ≤ relu(x) for α ∈ [0, 1].  proofs/deeppoly.md §2.
+    In floats the chord's slope a is rounded up (any a ≥ u/(u − l) gives a line a(x − l) above relu on
+    [l, u]) and its offset −a·l too (proofs/floating_point.md §4)."""
     dead, live = u.value <= 0, l.value >= 0
     crossing = ~(dead | live)
     zero = l * 0.0
-    chord = ad.where(crossing, u, zero) / ad.where(crossing, u - l, zero + 1.0)  # safe where l == u
+    chord = ad.where(crossing, u, zero) / fp.down(ad.where(crossing, u - l, zero + 1.0))  # safe where l == u
+    chord = ad.where(crossing, fp.up(chord), zero)
     upper_slope = ad.where(live, zero + 1.0, chord)
     alpha = ad.where(live | (crossing & (u.value >= -l.value)), zero + 1.0, zero)
-    return RelaxStep(alpha, zero, upper_slope, -chord * l)
+    return RelaxStep(alpha, zero, upper_slope, fp.up(-chord * l))
 
 
-def _s_shaped_lines(f, df, l: Tensor, u: Tensor) -> RelaxStep:
+def _s_shaped_lines(f, df, l: Tensor, u: Tensor, name: str = "") -> RelaxStep:
     """POPL'19 Sec. 4.3 for f convex on x ≤ 0, concave on x ≥ 0, f' unimodal with peak at 0 (σ, tanh).
     chord λ = (f(u) − f(l))/(u − l), tangent-slope λ' = min(f'(l), f'(u)):
     lower f(l) + λ(x − l) if l > 0 else f(l) + λ'(x − l);
     upper f(u) + λ(x − u) if u ≤ 0 else f(u) + λ'(x − u).
     Sound: the chord of a concave (convex) piece lies below (above) it; f' ≥ λ' on [l, u]. §3."""
+    if fp.policy().sound:
+        return _sound_s_shaped_lines(df, l, u, name)
     f_l, f_u = f(l), f(u)
     flat = u.value <= l.value  # l == u: the point itself, slope 0
     zero = l * 0.0
@@ -101,12 +108,43 @@ def _s_shaped_lines(f, df, l: Tensor, u: Tensor) -> RelaxStep:
     return RelaxStep(lower_slope, f_l - lower_slope * l, upper_slope, f_u - upper_slope * u)
 
 
+def _chord_below(start: Tensor, end: Tensor, l: Tensor, u: Tensor) -> Tensor:
+    """A slope ≤ (end − start)/(u − l) (u > l), each operation rounded the safe way; NaN-free."""
+    rise = fp.down(end - start)
+    run = ad.where(rise.value >= 0, fp.up(u - l), fp.down(u - l))
+    ok = run.value > 0
+    return ad.where(ok, fp.down(rise / ad.where(ok, run, rise * 0.0 + 1.0)), rise * 0.0 - np.inf)
+
+
+def _sound_s_shaped_lines(df, l: Tensor, u: Tensor, name: str) -> RelaxStep:
+    """The lines of ``_s_shaped_lines`` made sound in floats (proofs/floating_point.md §4): f's values
+    from outward enclosures; the tangent slope from ``relaxations.slope_below`` (≤ min f' on [l, u]); a
+    chord slope is used only where it is ≤ the chord through the enclosures, and never below the tangent
+    slope (both are valid there); offsets rounded outward and widened by the largest execution error of f."""
+    from refcert.domains.relaxations import slope_below
+    with ad.no_grad():
+        low_l, high_l = fp.enclose(name, l, execution=False)
+        low_u, high_u = fp.enclose(name, u, execution=False)
+        spill = fp.function_error(ad.maximum(ad.maximum(ad.abs(low_l), ad.abs(high_l)),
+                                             ad.maximum(ad.abs(low_u), ad.abs(high_u))))
+        flat = u.value <= l.value
+        zero = l * 0.0
+        tangent = ad.where(flat, zero, slope_below(df, name, l, u))
+        lower_chord = ad.maximum(_chord_below(low_l, low_u, l, u), tangent)
+        upper_chord = ad.maximum(_chord_below(high_l, high_u, l, u), tangent)
+        lower_slope = ad.where((l.value > 0) & ~flat, lower_chord, tangent)
+        upper_slope = ad.where((u.value <= 0) & ~flat, upper_chord, tangent)
+        lower_offset = fp.down(fp.down(low_l - fp.up(lower_slope * l)) - spill)
+        upper_offset = fp.up(fp.up(high_u - fp.down(upper_slope * u)) + spill)
+    return RelaxStep(lower_slope, lower_offset, upper_slope, upper_offset)
+
+
 def sigmoid_lines(l: Tensor, u: Tensor) -> RelaxStep:
-    return _s_shaped_lines(ad.sigmoid, lambda s: s * (1.0 - s), l, u)
+    return _s_shaped_lines(ad.sigmoid, lambda s: s * (1.0 - s), l, u, "sigmoid")
 
 
 def tanh_lines(l: Tensor, u: Tensor) -> RelaxStep:
-    return _s_shaped_lines(ad.tanh, lambda s: 1.0 - s * s, l, u)
+    return _s_shaped_lines(ad.tanh, lambda s: 1.0 - s * s, l, u, "tanh")
 
 
 def maxpool_lines(l: Tensor, u: Tensor, kernel_size: int, stride: int, padding: int) -> MaxPoolStep:
@@ -176,31 +214,74 @@ def _box(x: DeepPoly) -> box.Box:
     return box.Box(x.lower, x.upper)
 
 
-def _affine(x: DeepPoly, op: str, params: dict, image: box.Box) -> DeepPoly:
-    step = AffineStep(op, params, tuple(x.lower.shape[1:]))
+def _errors(x: DeepPoly, coefficient, n: int, *, constant=None, parameter=None, executes: bool = True) -> dict:
+    """``slack`` and ``floor`` of a step whose input is x (proofs/floating_point.md §5), as keyword
+    arguments for the step (empty when not sound).  ``coefficient(M)`` is |A| M for the step's (relaxed)
+    linear part and input magnitude M; ``constant`` its |b| (output shape; a Tensor or a function of M); n bounds the terms of every
+    sum of the step's coefficients, forward (the execution, if the layer ``executes``) and in
+    substitution.  slack = fp.radius(|A| M + |b|, n) + fp.radius(|b|, output size) (the constant's dot)."""
+    if not fp.policy().sound:
+        return {}
+    with ad.no_grad():
+        magnitude = box.magnitude(_box(x))
+        image = coefficient(magnitude)
+        constant = constant(magnitude) if callable(constant) else constant
+        total = image if constant is None else image + constant
+        execution = fp.execution_dtype(getattr(parameter, "dtype", None), magnitude.dtype) if executes else None
+        slack = fp.radius(total, n, execution=execution)
+        size = int(np.prod(image.shape[1:], dtype=np.int64))
+        if constant is not None:
+            slack = slack + fp.radius(constant, size + 1, execution=None)
+        spread = ad.sum(ad.reshape(magnitude, shape=(magnitude.shape[0], -1)), axis=1)
+        floor = (spread + float(size + 1)) * (2.0 * (max(n, size) + 2) * fp.tiny(magnitude.dtype))
+    return {"slack": slack, "floor": floor}
+
+
+def _affine(x: DeepPoly, op: str, params: dict, image: box.Box, errors: dict) -> DeepPoly:
+    step = AffineStep(op, params, tuple(x.lower.shape[1:]), **errors)
     return _push(x, step, image, backsubstitute=not _box_exact(x.steps))
+
+
+def _abs_or_none(t):
+    return None if t is None else ad.abs(t)
 
 
 def linear(x: DeepPoly, *, weight: Tensor, bias: Tensor | None) -> DeepPoly:
     """y = W x + b (W (out, in) or per-input (batch, out, in)); back-substitution: lam ↦ lam W."""
-    return _affine(x, "linear", {"weight": weight, "bias": bias}, box.linear(_box(x), weight=weight, bias=bias))
+    abs_w = ad.abs(weight)
+    constant = None if bias is None else (lambda m: point.linear(m * 0.0, weight=abs_w, bias=ad.abs(bias)))
+    errors = _errors(x, lambda m: point.linear(m, weight=abs_w, bias=None), max(weight.shape[-2:]) + 1,
+                     constant=constant, parameter=weight)
+    return _affine(x, "linear", {"weight": weight, "bias": bias}, box.linear(_box(x), weight=weight, bias=bias),
+                   errors)
 
 
 def conv2d(x: DeepPoly, *, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> DeepPoly:
     """Convolution; back-substitution: lam ↦ conv_transpose2d(lam, W)."""
     params = {"weight": weight, "bias": bias, "stride": stride, "padding": padding}
-    return _affine(x, "conv2d", params, box.conv2d(_box(x), **params))
+    abs_k = ad.abs(weight)
+    image = lambda m: point.conv2d(m, weight=abs_k, bias=None, stride=stride, padding=padding)
+    constant = None if bias is None else (lambda m: point.conv2d(m * 0.0, weight=abs_k, bias=ad.abs(bias),
+                                                                  stride=stride, padding=padding))
+    n = max(weight.shape[0], weight.shape[1]) * weight.shape[2] * weight.shape[3] + 1
+    errors = _errors(x, image, n, constant=constant, parameter=weight)
+    return _affine(x, "conv2d", params, box.conv2d(_box(x), **params), errors)
 
 
 def avg_pool2d(x: DeepPoly, *, kernel_size: int, stride: int, padding: int = 0) -> DeepPoly:
     """Average pooling; back-substitution: the transposed pooling."""
     params = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
-    return _affine(x, "avg_pool2d", params, box.avg_pool2d(_box(x), **params))
+    errors = _errors(x, lambda m: point.avg_pool2d(m, **params), kernel_size * kernel_size + 1)
+    return _affine(x, "avg_pool2d", params, box.avg_pool2d(_box(x), **params), errors)
 
 
 def normalize(x: DeepPoly, *, mean: Tensor, std: Tensor) -> DeepPoly:
     """(x − m)/s: diagonal, so the interval image is exact per neuron; recorded for back-substitution."""
-    step = AffineStep("normalize", {"mean": mean, "std": std}, tuple(x.lower.shape[1:]))
+    nd = x.lower.ndim - 1
+    constant = lambda m: point.normalize(m * 0.0, mean=-ad.abs(mean), std=ad.abs(std), feature_ndim=nd)
+    errors = _errors(x, lambda m: point.scale_by_std(m, std=ad.abs(std), feature_ndim=nd), 2,
+                     constant=constant, parameter=mean)
+    step = AffineStep("normalize", {"mean": mean, "std": std}, tuple(x.lower.shape[1:]), **errors)
     return _push(x, step, box.normalize(_box(x), mean=mean, std=std), backsubstitute=False)
 
 
@@ -209,25 +290,41 @@ def flatten(x: DeepPoly) -> DeepPoly:
     return _push(x, AffineStep("flatten", {}, tuple(x.lower.shape[1:])), box.flatten(_box(x)), backsubstitute=False)
 
 
+def _relaxed(x: DeepPoly, step: RelaxStep) -> RelaxStep:
+    """The step with its slack: substituting lam through the lines costs γ·|lam|((2|a_u| + |a_l|) M) in the
+    coefficients and γ·|lam|(2|b_u| + |b_l|) in the constant (proofs/floating_point.md §5)."""
+    if not fp.policy().sound:
+        return step
+    with ad.no_grad():
+        slopes = 2.0 * ad.abs(step.upper_slope) + ad.abs(step.lower_slope)
+        offsets = 2.0 * ad.abs(step.upper_offset) + ad.abs(step.lower_offset)
+        errors = _errors(x, lambda m: slopes * m, 3, constant=offsets, executes=False)
+    return dataclasses.replace(step, **errors)
+
+
 def relu(x: DeepPoly) -> DeepPoly:
     x = _refine(x, everywhere=False)
-    return _push(x, relu_lines(x.lower, x.upper), box.relu(_box(x)), backsubstitute=False)
+    return _push(x, _relaxed(x, relu_lines(x.lower, x.upper)), box.relu(_box(x)), backsubstitute=False)
 
 
 def sigmoid(x: DeepPoly) -> DeepPoly:
     x = _refine(x, everywhere=True)
-    return _push(x, sigmoid_lines(x.lower, x.upper), box.sigmoid(_box(x)), backsubstitute=False)
+    return _push(x, _relaxed(x, sigmoid_lines(x.lower, x.upper)), box.sigmoid(_box(x)), backsubstitute=False)
 
 
 def tanh(x: DeepPoly) -> DeepPoly:
     x = _refine(x, everywhere=True)
-    return _push(x, tanh_lines(x.lower, x.upper), box.tanh(_box(x)), backsubstitute=False)
+    return _push(x, _relaxed(x, tanh_lines(x.lower, x.upper)), box.tanh(_box(x)), backsubstitute=False)
 
 
 def max_pool2d(x: DeepPoly, *, kernel_size: int, stride: int, padding: int = 0) -> DeepPoly:
     x = _refine(x, everywhere=True)
     step = maxpool_lines(x.lower, x.upper, kernel_size, stride, padding)
-    image = box.max_pool2d(_box(x), kernel_size=kernel_size, stride=stride, padding=padding)
+    pool = dict(kernel_size=kernel_size, stride=stride, padding=padding)
+    if fp.policy().sound:  # the scatter sums ≤ k² coefficients; the constant is a dot over the output
+        step = dataclasses.replace(step, **_errors(x, lambda m: ad.max_pool2d(m, **pool), kernel_size * kernel_size,
+                                                   constant=ad.abs(step.upper_constant), executes=False))
+    image = box.max_pool2d(_box(x), **pool)
     return _push(x, step, image, backsubstitute=False)
 
 
@@ -241,7 +338,13 @@ def add(a: DeepPoly, b: DeepPoly, *, origin: DeepPoly) -> DeepPoly:
     for name, branch in (("block", a), ("shortcut", b)):
         if len(branch.steps) < n or any(s is not t for s, t in zip(branch.steps, origin.steps)):
             raise ValueError(f"{a.domain} add: the {name} branch does not start at the branch point origin")
-    step = ResidualStep(a.steps[n:], b.steps[n:])
+    errors = {}
+    if fp.policy().sound:
+        merge = _errors(a, lambda m: m + box.magnitude(_box(b)), 1)
+        at_origin = _errors(origin, lambda m: m, 1, executes=False)
+        errors = {"slack": merge["slack"], "floor": merge["floor"] + at_origin["floor"],
+                  "origin_slack": at_origin["slack"]}
+    step = ResidualStep(a.steps[n:], b.steps[n:], **errors)
     return _push(origin, step, box.add(_box(a), _box(b)), backsubstitute=True)
 
 

@@ -8,12 +8,15 @@ Each function takes the concrete pre-activation bounds ``l ≤ x ≤ u`` (Tensor
 A zonotope transformer then maps c ↦ lam·c + mu, E ↦ lam·E, β ↦ lam·β and adds the error nu either as
 a new noise symbol (pure zonotope) or to the box term β (hybrid).  Stable ReLU neurons are exact
 (u ≤ 0: lam = mu = nu = 0; l ≥ 0: lam = 1, mu = nu = 0).  Everything is built from autodiff ops and is
-safe where l == u (no division by u − l there).  Proofs: proofs/relu_zonotope.md,
+safe where l == u (no division by u − l there).  Floating point (``fp.policy().sound``): a ReLU's offset is
+recomputed from its computed slope as the exact range of relu(x) − lam·x, rounded up (``_sound_offset``),
+and the S-shaped relaxations come from outward enclosures of f and a slope rounded down.  Proofs: proofs/relu_zonotope.md,
 proofs/sigmoid_tanh_zonotope.md.
 """
 from __future__ import annotations
 
 from refcert import autodiff as ad
+from refcert import fp
 from refcert.autodiff import Tensor
 
 #: DiffAI's smoothing constant in zSmooth's mixing weight t (ai.py, creluSmooth)
@@ -29,9 +32,23 @@ def _stable_exact(l: Tensor, u: Tensor, lam: Tensor, mu: Tensor, nu: Tensor):
     dead, live = u.value <= 0, l.value >= 0
     zero = _zeros_like(l)
     lam = ad.where(dead, zero, ad.where(live, zero + 1.0, lam))
+    mu, nu = _sound_offset(l, u, lam, mu, nu)
     mu = ad.where(dead | live, zero, mu)
     nu = ad.where(dead | live, zero, nu)
     return lam, mu, nu
+
+
+def _sound_offset(l: Tensor, u: Tensor, lam: Tensor, mu: Tensor, nu: Tensor):
+    """In floats, make (mu, nu) fit the *computed* slope lam ∈ [0, 1]: on [l, u] with l < 0 < u,
+    relu(x) − lam·x ranges over [0, D], D = max(−lam·l, (1 − lam)·u); mu = nu = D/2, each product rounded
+    up (proofs/floating_point.md §4).  The variants' own offsets are this D/2 in exact arithmetic (zSmooth's
+    is larger).  Unchanged when not sound."""
+    if not fp.policy().sound:
+        return mu, nu
+    with ad.no_grad():
+        reach = ad.maximum(fp.up(-lam * l), fp.up(fp.up(1.0 - lam) * ad.relu(u)))
+        half = fp.up(reach * 0.5)
+    return half, half
 
 
 def relu_deepzono(l: Tensor, u: Tensor):
@@ -81,11 +98,13 @@ def relu_smooth(l: Tensor, u: Tensor):
     return _stable_exact(l, u, lam, mu, mu)
 
 
-def _parallel_lines(f, df, l: Tensor, u: Tensor):
+def _parallel_lines(f, df, l: Tensor, u: Tensor, name: str = ""):
     """DeepZ (NeurIPS'18, Theorem 3.2) for an increasing f whose derivative is unimodal:
     lam = min(f'(l), f'(u)), mu = ½(f(u) + f(l) − lam(u + l)), nu = ½(f(u) − f(l) − lam(u − l)).
     f(x) − lam·x is non-decreasing on [l, u] (f' ≥ lam there), so it lies in [mu − nu, mu + nu].
     l == u gives nu = 0 and mu = f(l) − lam·l: exact.  proofs/sigmoid_tanh_zonotope.md."""
+    if fp.policy().sound:
+        return _sound_parallel_lines(df, l, u, name)
     f_l, f_u = f(l), f(u)
     lam = ad.minimum(df(f_l), df(f_u))
     mu = 0.5 * (f_u + f_l - lam * (u + l))
@@ -93,11 +112,40 @@ def _parallel_lines(f, df, l: Tensor, u: Tensor):
     return lam, mu, nu
 
 
+def slope_below(df, name: str, l: Tensor, u: Tensor) -> Tensor:
+    """A slope ≤ min of f' on [l, u] (f' is unimodal, so the minimum is at an end): f' = df(f) is concave
+    in f, so over f's enclosure at each end its minimum is at an enclosure end; each value is lowered
+    by 8u·(|f| + f') for the two roundings of df (an absolute error near f' ≈ 0).  No gradient."""
+    with ad.no_grad():
+        u_c = fp.unit(l.dtype)
+        ends = [e for x in (l, u) for e in fp.enclose(name, x, execution=False)]
+        lowered = [ad.relu(df(e) - 8.0 * u_c * (ad.abs(e) + ad.abs(df(e)))) for e in ends]
+        slope = lowered[0]
+        for value in lowered[1:]:
+            slope = ad.minimum(slope, value)
+        return slope
+
+
+def _sound_parallel_lines(df, l: Tensor, u: Tensor, name: str):
+    """The sound-mode DeepZ relaxation: lam = ``slope_below``; f(x) − lam·x ∈ [A, B] with
+    A = f_lo(l) − lam·l and B = f_hi(u) − lam·u rounded outward, widened by the largest execution error
+    of f on [l, u] (proofs/floating_point.md §4); (mu, nu) = fp.mid_rad(A, B)."""
+    with ad.no_grad():
+        lam = slope_below(df, name, l, u)
+        low_l, high_l = fp.enclose(name, l, execution=False)
+        low_u, high_u = fp.enclose(name, u, execution=False)
+        spill = fp.function_error(ad.maximum(ad.abs(low_l), ad.abs(high_u)))
+        start = fp.down(fp.down(low_l - fp.up(lam * l)) - spill)
+        end = fp.up(fp.up(high_u - fp.down(lam * u)) + spill)
+        mu, nu = fp.mid_rad(start, end)
+    return lam, mu, nu
+
+
 def sigmoid_parallel(l: Tensor, u: Tensor):
     """DeepZ's sigmoid relaxation; σ' = σ(1 − σ) is unimodal with its peak at 0."""
-    return _parallel_lines(ad.sigmoid, lambda s: s * (1.0 - s), l, u)
+    return _parallel_lines(ad.sigmoid, lambda s: s * (1.0 - s), l, u, "sigmoid")
 
 
 def tanh_parallel(l: Tensor, u: Tensor):
     """DeepZ's tanh relaxation; tanh' = 1 − tanh² is unimodal with its peak at 0."""
-    return _parallel_lines(ad.tanh, lambda s: 1.0 - s * s, l, u)
+    return _parallel_lines(ad.tanh, lambda s: 1.0 - s * s, l, u, "tanh")

@@ -9,7 +9,9 @@ stored batched as ``center`` (batch, *shape), ``generators`` (batch, k, *shape) 
 (batch, *shape) ≥ 0.  Pure zonotopes (AI2, S&P'18; DeepZ, NeurIPS'18) keep β = 0: every new error term
 becomes a new row of E.  The "h" variants put new error terms into β instead.  Affine maps act exactly
 on c and E and by |W| on β (this file); activations and max pooling are in ``zonotope_relu.py``.
-Variants are tables that differ in their "relu" row.  Proofs: proofs/zonotope.md,
+Variants are tables that differ in their "relu" row.  Floating point: every transformer adds
+``refcert.fp``'s rounding-error radius to β (for every variant: a pure zonotope then has a box term too),
+and ``bounds()`` rounds outward (proofs/floating_point.md §3).  Proofs: proofs/zonotope.md,
 proofs/relu_zonotope.md, proofs/sigmoid_tanh_zonotope.md, proofs/maxpool.md.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from refcert import autodiff as ad
-from refcert import backends, domains
+from refcert import backends, domains, fp
 from refcert.autodiff import Tensor
 from refcert.domains import point
 from refcert.domains import zonotope_relu as nonlinear
@@ -43,9 +45,16 @@ class Zonotope:
         return ad.sum(ad.abs(self.generators), axis=1) + self.box_radius
 
     def bounds(self):
-        """(c − r, c + r): exact per-neuron bounds of the set (each ε_k, η_i set to ±sign)."""
-        r = self.radius
-        return self.center - r, self.center + r
+        """(c − r, c + r): exact per-neuron bounds of the set (each ε_k, η_i set to ±sign); in floats the
+        sum r is bounded from above and c ∓ r rounded outward (``fp``)."""
+        r = fp.sum_up(self.radius, self.generators.shape[1] + 1)
+        return fp.widen(self.center - r, self.center + r)
+
+    def magnitude(self) -> Tensor:
+        """M ≥ |x| for every x of the set: |c| + r (an upper bound, no gradient)."""
+        with ad.no_grad():
+            lower, upper = self.bounds()
+            return ad.maximum(ad.abs(lower), ad.abs(upper))
 
 
 def from_bounds(lower, upper, *, domain: str) -> Zonotope:
@@ -58,38 +67,67 @@ def from_bounds(lower, upper, *, domain: str) -> Zonotope:
     n = 1
     for size in shape:
         n *= size
-    c, r = (lower + upper) * 0.5, (upper - lower) * 0.5
+    c, r = fp.mid_rad(lower, upper)
     eye = xp.reshape(xp.eye(n, dtype=r.dtype), (1, n) + tuple(shape))
     E = ad.reshape(r, shape=(batch, 1) + tuple(shape)) * eye
     return Zonotope(c, E, r * 0.0, domain)
 
 
-def _with(z: Zonotope, center: Tensor, generators: Tensor, box_radius: Tensor) -> Zonotope:
-    return Zonotope(center, generators, box_radius, z.domain)
+def _with(z: Zonotope, center: Tensor, generators: Tensor, box_radius: Tensor, error=None) -> Zonotope:
+    """The zonotope (c, E, β + error): ``error`` the rounding-error radius (None: not sound)."""
+    return Zonotope(center, generators, fp.plus(box_radius, error), z.domain)
+
+
+def _error(z: Zonotope, image, n: int, parameter=None, others=()):
+    """fp's error radius of an affine layer: image(M) = |A| M + |b|, M = z's magnitude (+ those of
+    ``others``, the other branch of a residual merge); n bounds the terms of every sum."""
+    if not fp.policy().sound:
+        return None
+    with ad.no_grad():
+        magnitude = z.magnitude()
+        for other in others:
+            magnitude = magnitude + other.magnitude()
+        count = z.generators.shape[1] + sum(o.generators.shape[1] for o in others) + 1
+        execution = fp.execution_dtype(getattr(parameter, "dtype", None), z.center.dtype)
+        return fp.radius(image(magnitude), n, execution=execution, count=count)
+
+
+def _abs_or_none(t):
+    return None if t is None else ad.abs(t)
 
 
 def linear(z: Zonotope, *, weight: Tensor, bias: Tensor | None) -> Zonotope:
     """DeepZ (NeurIPS'18, Sec. 3, affine transformer) / DiffAI Sec. 4.2: c' = Wc + b, E' = EWᵀ exactly,
     β' = |W|β (the private symbols are independent, so |W| is the tightest sound map).
-    proofs/zonotope.md §1."""
+    Rounding: β' + fp.radius(|W| M + |b|).  proofs/zonotope.md §1, proofs/floating_point.md §3."""
+    abs_w = ad.abs(weight)
+    image = lambda m: point.linear(m, weight=abs_w, bias=_abs_or_none(bias))
     return _with(z, point.linear(z.center, weight=weight, bias=bias),
                  point.linear(z.generators, weight=weight, bias=None),
-                 point.linear(z.box_radius, weight=ad.abs(weight), bias=None))
+                 point.linear(z.box_radius, weight=abs_w, bias=None),
+                 _error(z, image, weight.shape[-1] + 1, weight))
 
 
 def conv2d(z: Zonotope, *, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> Zonotope:
     """A convolution is a linear map: as ``linear`` with the kernel K on c and E and |K| on β."""
+    abs_k = ad.abs(weight)
+    image = lambda m: point.conv2d(m, weight=abs_k, bias=_abs_or_none(bias), stride=stride, padding=padding)
+    fan_in = weight.shape[1] * weight.shape[2] * weight.shape[3]
     return _with(z, point.conv2d(z.center, weight=weight, bias=bias, stride=stride, padding=padding),
                  point.conv2d(z.generators, weight=weight, bias=None, stride=stride, padding=padding),
-                 point.conv2d(z.box_radius, weight=ad.abs(weight), bias=None, stride=stride, padding=padding))
+                 point.conv2d(z.box_radius, weight=abs_k, bias=None, stride=stride, padding=padding),
+                 _error(z, image, fan_in + 1, weight))
 
 
 def normalize(z: Zonotope, *, mean: Tensor, std: Tensor) -> Zonotope:
-    """(x − m)/s per channel: c' = (c − m)/s, E' = E/s, β' = β/|s| (proofs/zonotope.md §1)."""
+    """(x − m)/s per channel: c' = (c − m)/s, E' = E/s, β' = β/|s| (proofs/zonotope.md §1);
+    rounding: + fp.radius((M + |m|)/|s|)."""
     nd = z.center.ndim - 1
+    image = lambda m: point.normalize(m, mean=-ad.abs(mean), std=ad.abs(std), feature_ndim=nd)
     return _with(z, point.normalize(z.center, mean=mean, std=std, feature_ndim=nd),
                  point.scale_by_std(z.generators, std=std, feature_ndim=nd),
-                 point.scale_by_std(z.box_radius, std=ad.abs(std), feature_ndim=nd))
+                 point.scale_by_std(z.box_radius, std=ad.abs(std), feature_ndim=nd),
+                 _error(z, image, 2, mean))
 
 
 def flatten(z: Zonotope) -> Zonotope:
@@ -100,9 +138,11 @@ def flatten(z: Zonotope) -> Zonotope:
 
 
 def avg_pool2d(z: Zonotope, *, kernel_size: int, stride: int, padding: int = 0) -> Zonotope:
-    """Average pooling is linear with non-negative weights (|W| = W): apply it to c, E and β."""
+    """Average pooling is linear with non-negative weights (|W| = W): apply it to c, E and β;
+    rounding: + fp.radius(avg(M)), n = k² + 1."""
     pool = partial(point.avg_pool2d, kernel_size=kernel_size, stride=stride, padding=padding)
-    return _with(z, pool(z.center), pool(z.generators), pool(z.box_radius))
+    return _with(z, pool(z.center), pool(z.generators), pool(z.box_radius),
+                 _error(z, pool, kernel_size * kernel_size + 1))
 
 
 def add(a: Zonotope, b: Zonotope, *, origin=None) -> Zonotope:
@@ -111,6 +151,7 @@ def add(a: Zonotope, b: Zonotope, *, origin=None) -> Zonotope:
     The first k0 rows (k0 = the generator count of ``origin``, the branch point) are the same noise
     symbols in both branches and are added; the rows each branch appended afterwards are different
     symbols, so they are concatenated, never added.  β adds (private symbols: |β_a η + β_b η'| ≤ β_a + β_b).
+    Rounding: + fp.radius(M_a + M_b).
     """
     if not isinstance(origin, Zonotope):
         raise ValueError(f"{a.domain}: add needs origin= (the zonotope at the branch point) to know which "
@@ -122,7 +163,7 @@ def add(a: Zonotope, b: Zonotope, *, origin=None) -> Zonotope:
     parts = [a.generators[:, :k0] + b.generators[:, :k0]]
     parts += [g[:, k0:] for g, k in ((a.generators, ka), (b.generators, kb)) if k > k0]
     E = parts[0] if len(parts) == 1 else ad.concatenate(parts, axis=1)
-    return _with(a, a.center + b.center, E, a.box_radius + b.box_radius)
+    return _with(a, a.center + b.center, E, a.box_radius + b.box_radius, _error(a, lambda m: m, 1, others=(b,)))
 
 
 #: DeepZono (DeepZ, NeurIPS'18): the pure zonotope with the minimal-area ReLU relaxation

@@ -7,6 +7,8 @@ c ↦ lam·c + mu, E ↦ lam·E, β ↦ lam·β (lam ≥ 0), and the new error n
 * a new noise symbol per neuron that needs one (pure zonotopes: deepzono, zbox, zdiag, zswitch, zsmooth), or
 * part of the private box term, β ↦ lam·β + nu (hybrid zonotopes: hbox, hdiag, hswitch, hsmooth).
 
+Floating point: ``with_error`` adds ``fp``'s rounding-error radius of the elementwise map to β, and the
+relaxations are made sound for their computed slopes (``domains/relaxations.py``).
 Elements are rebuilt with ``dataclasses.replace`` so this module does not import ``zonotope.py``.
 Proofs: proofs/relu_zonotope.md, proofs/sigmoid_tanh_zonotope.md, proofs/maxpool.md.
 """
@@ -17,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from refcert import autodiff as ad
-from refcert import backends
+from refcert import backends, fp
 from refcert.autodiff import Tensor
 from refcert.domains import point, relaxations
 
@@ -46,6 +48,10 @@ def with_error(z, lam: Tensor, mu: Tensor, nu: Tensor, *, hybrid: bool):
     """z ↦ lam·z + mu + nu·[-1, 1] (lam ≥ 0, nu ≥ 0, shapes (batch, *shape)); proofs/relu_zonotope.md §0."""
     lam_rows = ad.reshape(lam, shape=(lam.shape[0], 1) + tuple(lam.shape[1:]))
     center, generators, beta = lam * z.center + mu, lam_rows * z.generators, lam * z.box_radius
+    if fp.policy().sound:  # rounding of lam·(c, E, β) + mu and of β + nu (proofs/floating_point.md §3)
+        with ad.no_grad():
+            image = ad.abs(lam) * z.magnitude() + ad.abs(mu) + nu
+            beta = beta + fp.radius(image, 1, execution=None, count=z.generators.shape[1] + 2)
     if hybrid:
         beta = beta + nu
     else:
@@ -176,8 +182,9 @@ def _max_pool(z, kernel_size: int, stride: int, padding: int, hybrid: bool):
     fresh = asarray(~taken)
     pool = dict(kernel_size=kernel_size, stride=stride, padding=padding)
     max_l, max_u = point.max_pool2d(l, **pool), point.max_pool2d(u, **pool)
-    center = center + ad.where(fresh, (max_l + max_u) * 0.5, zero_c)
-    nu = ad.where(fresh, (max_u - max_l) * 0.5, zero_c)
+    mid, half = fp.mid_rad(max_l, max_u)
+    center = center + ad.where(fresh, mid, zero_c)
+    nu = ad.where(fresh, half, zero_c)
     pooled = dataclasses.replace(z, center=center, generators=generators, box_radius=box_radius)
     return with_error(pooled, zero_c + 1.0, zero_c, nu, hybrid=hybrid)
 

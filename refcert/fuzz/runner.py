@@ -10,6 +10,9 @@ Classes (``classify``):
   crash               nonzero exit, unparsable output, or the process ran past timeout + GRACE
   unjudged            ``unsat`` on a case without a known answer (sigmoid nets, optimum within tau)
 A claimed ``sat`` on an unsat case always fails the counterexample check (cases.py: tau = 2 TOL_Y ...).
+
+Case families (``Family``, ``family(name)``): ``NET`` (the default: ``cases`` and the classes above) and
+'fp' (floating-point quirks: ``fp_family`` / ``fp_check``, exact real answers, classes in ``fp_check``).
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import json
 import os
 import statistics
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -83,66 +88,104 @@ def write_case(case, directory):
     return paths
 
 
-def run_case(case, directory, adapter, timeout):
-    """Write the case, run the verifier, keep its stdout/stderr/result; (class, detail, outcome)."""
-    paths = write_case(case, directory)
-    result = os.path.join(directory, "result.txt")
-    outcome = adapter.run(paths["net.onnx"], paths["prop.vnnlib"], result, timeout)
-    for name, text in (("stdout.txt", outcome.stdout), ("stderr.txt", outcome.stderr)):
-        atomic_write(os.path.join(directory, name), lambda s, t=text: s.write(t.encode()))
-    cls, detail = classify(case, outcome)
-    return cls, detail, outcome
+@dataclass(frozen=True)
+class Family:
+    """What the runner needs of a family of cases."""
+    name: str
+    classes: tuple                 # verdict classes, in table order
+    shrink_classes: tuple          # classes worth shrinking
+    make_case: Callable            # (seed, index) -> case
+    build: Callable                # spec -> case
+    shrink_candidates: Callable    # spec -> smaller specs
+    write_case: Callable           # (case, directory) -> {'net.onnx': path, 'prop.vnnlib': path, ...}
+    classify: Callable             # (case, outcome, result path) -> (class, detail)
+    describe: Callable             # case -> summary columns
+    margin: Callable               # case -> how clearly its witness violates (kept >= 1/4 when shrinking unsound)
+    extra_summary: Callable | None = None
 
 
-def shrink(case, cls, adapter, timeout, directory, max_runs=30, max_seconds=45.0):
-    """Greedy: accept a smaller candidate (cases.shrink_candidates) failing with the same class; repeat.
-
-    Stops after ``max_runs`` verifier runs or ``max_seconds``.  For ``unsound`` the candidate's witness
-    must also violate by at least 1/4 of the original margin."""
-    def margin(c):   # how clearly the witness violates; kept so a shrunk unsound case stays convincing
-        return -fc.violation(c, c.witness, True) if c.witness is not None else 0.0
-
-    floor = 0.25 * margin(case) if cls == "unsound" else -np.inf
-    runs, deadline = 0, time.monotonic() + max_seconds
-    improved = True
-    while improved and runs < max_runs and time.monotonic() < deadline:
-        improved = False
-        for spec in fc.shrink_candidates(case.spec):
-            try:
-                candidate = fc.build(spec)
-            except (ValueError, RuntimeError):
-                continue
-            if candidate.size() > case.size() or (cls == "unsound" and margin(candidate) < floor):
-                continue
-            runs += 1
-            got, _, _ = run_case(candidate, os.path.join(directory, "try"), adapter, timeout)
-            if got == cls:
-                case, improved = candidate, True
-                break
-            if runs >= max_runs or time.monotonic() > deadline:
-                break
-    run_case(case, directory, adapter, timeout)
-    return case
+def _net_margin(c):
+    return -fc.violation(c, c.witness, True) if c.witness is not None else 0.0
 
 
 def _label(case):
     return "+".join(case.spec.quirks) or "plain"
 
 
-def campaign(adapter, n_cases, seed, out, timeout, do_shrink=True, log=print):
-    """Run ``n_cases`` cases; write DIR/case-NNNN/, DIR/summary.csv; return the rows (dicts)."""
+NET = Family("net", CLASSES, FAILURES, fc.make_case, fc.build, fc.shrink_candidates,
+             lambda case, directory: write_case(case, directory), lambda case, outcome, _: classify(case, outcome),
+             lambda case: {"quirks": _label(case), "prop": case.spec.prop, "activation": case.spec.activation,
+                           "input_shape": "x".join(map(str, case.spec.input_shape))}, _net_margin)
+
+
+def _fp_family():
+    from refcert.fuzz import fp_check, fp_family
+    return Family("fp", fp_check.CLASSES, ("unsound", "bad-counterexample", "fp-divergent"), fp_family.make_case,
+                  fp_family.build, fp_family.shrink_candidates, fp_check.write_case, fp_check.classify,
+                  fp_check.describe, lambda case: 0.0, fp_check.extra_summary)
+
+
+def family(name: str) -> Family:
+    """'net' (the default family) or 'fp' (floating-point quirks)."""
+    if name == "net":
+        return NET
+    if name == "fp":
+        return _fp_family()
+    raise ValueError(f"unknown fuzz family {name!r}; known: net, fp")
+
+
+def run_case(case, directory, adapter, timeout, fam=NET):
+    """Write the case, run the verifier, keep its stdout/stderr/result; (class, detail, outcome)."""
+    paths = fam.write_case(case, directory)
+    result = os.path.join(directory, "result.txt")
+    outcome = adapter.run(paths["net.onnx"], paths["prop.vnnlib"], result, timeout)
+    for name, text in (("stdout.txt", outcome.stdout), ("stderr.txt", outcome.stderr)):
+        atomic_write(os.path.join(directory, name), lambda s, t=text: s.write(t.encode()))
+    cls, detail = fam.classify(case, outcome, result)
+    return cls, detail, outcome
+
+
+def shrink(case, cls, adapter, timeout, directory, max_runs=30, max_seconds=45.0, fam=NET):
+    """Greedy: accept a smaller candidate (``fam.shrink_candidates``) failing with the same class; repeat.
+
+    Stops after ``max_runs`` verifier runs or ``max_seconds``.  For ``unsound`` the candidate's witness
+    must also violate by at least 1/4 of the original margin (``fam.margin``)."""
+    floor = 0.25 * fam.margin(case) if cls == "unsound" else -np.inf
+    runs, deadline = 0, time.monotonic() + max_seconds
+    improved = True
+    while improved and runs < max_runs and time.monotonic() < deadline:
+        improved = False
+        for spec in fam.shrink_candidates(case.spec):
+            try:
+                candidate = fam.build(spec)
+            except (ValueError, RuntimeError):
+                continue
+            if candidate.size() > case.size() or (cls == "unsound" and fam.margin(candidate) < floor):
+                continue
+            runs += 1
+            got, _, _ = run_case(candidate, os.path.join(directory, "try"), adapter, timeout, fam)
+            if got == cls:
+                case, improved = candidate, True
+                break
+            if runs >= max_runs or time.monotonic() > deadline:
+                break
+    run_case(case, directory, adapter, timeout, fam)
+    return case
+
+
+def campaign(adapter, n_cases, seed, out, timeout, do_shrink=True, log=print, fam=NET):
+    """Run ``n_cases`` cases of family ``fam``; write DIR/case-NNNN/, DIR/summary.csv; return the rows (dicts)."""
     os.makedirs(out, exist_ok=True)
     rows = []
     for index in range(n_cases):
-        case = fc.make_case(seed, index)
+        case = fam.make_case(seed, index)
         directory = os.path.join(out, f"case-{index + 1:04d}")
-        cls, detail, outcome = run_case(case, directory, adapter, timeout)
+        cls, detail, outcome = run_case(case, directory, adapter, timeout, fam)
         row = {"case": index + 1, "class": cls, "answer": case.answer, "verdict": outcome.status,
-               "seconds": round(outcome.seconds, 3), "quirks": _label(case), "prop": case.spec.prop,
-               "activation": case.spec.activation, "input_shape": "x".join(map(str, case.spec.input_shape)),
+               "seconds": round(outcome.seconds, 3), **fam.describe(case),
                "detail": detail.replace("\n", " ")[:300], "shrunk": ""}
-        if cls in FAILURES and do_shrink:
-            small = shrink(case, cls, adapter, timeout, os.path.join(directory, "shrunk"))
+        if cls in fam.shrink_classes and do_shrink:
+            small = shrink(case, cls, adapter, timeout, os.path.join(directory, "shrunk"), fam=fam)
             row["shrunk"] = f"{small.spec}"
         rows.append(row)
         log(f"case {index + 1:4d}/{n_cases}  {cls:18s} answer={case.answer:7s} verdict={outcome.status:7s} "
@@ -161,18 +204,19 @@ def _csv(rows):
     return buffer.getvalue()
 
 
-def summary_table(rows, name):
+def summary_table(rows, name, classes=CLASSES):
     """A Markdown table: cases, each class, median time; then failures/crashes by quirk label."""
-    counts = {c: sum(r["class"] == c for r in rows) for c in CLASSES}
+    counts = {c: sum(r["class"] == c for r in rows) for c in classes}
     median = statistics.median(r["seconds"] for r in rows) if rows else float("nan")
-    head = "| verifier | cases | correct | unsound | bad cex | incomplete | crash | unjudged | median s |"
-    lines = [head, "|" + "---|" * 9,
-             f"| {name} | {len(rows)} | " + " | ".join(str(counts[c]) for c in CLASSES) + f" | {median:.2f} |"]
+    short = {"bad-counterexample": "bad cex", "inexact-counterexample": "inexact cex"}
+    head = "| verifier | cases | " + " | ".join(short.get(c, c) for c in classes) + " | median s |"
+    lines = [head, "|" + "---|" * (len(classes) + 3),
+             f"| {name} | {len(rows)} | " + " | ".join(str(counts[c]) for c in classes) + f" | {median:.2f} |"]
     labels = sorted({(r["quirks"], r["prop"]) for r in rows})
     by = [(lab, [r for r in rows if (r["quirks"], r["prop"]) == lab]) for lab in labels]
     by = [(lab, rs) for lab, rs in by if any(r["class"] not in ("correct",) for r in rs)]
     if by:
-        lines += ["", "| quirks | property | cases | " + " | ".join(CLASSES) + " |", "|" + "---|" * (3 + len(CLASSES))]
+        lines += ["", "| quirks | property | cases | " + " | ".join(classes) + " |", "|" + "---|" * (3 + len(classes))]
         lines += [f"| {lab[0]} | {lab[1]} | {len(rs)} | " + " | ".join(str(sum(r['class'] == c for r in rs))
-                                                                  for c in CLASSES) + " |" for lab, rs in by]
+                                                                  for c in classes) + " |" for lab, rs in by]
     return "\n".join(lines)

@@ -1,0 +1,236 @@
+"""Floating-point soundness: the one mechanism every domain uses (proofs/floating_point.md).
+
+refcert computes in round-to-nearest NumPy/CuPy arithmetic, which has no rounding-mode control.  So
+instead of rounding every operation outward (ELINA), each transformer *adds a rigorous a-posteriori
+error radius* to what it computes: for an affine map y = A x + b computed in precision u with at most n
+terms per output, and any x with |x| ≤ M,
+
+    |fl(A x + b) − (A x + b)| ≤ γₙ₊₁ (|A| M + |b|),   γₙ = n u / (1 − n u)      (Higham, §3.1)
+
+in any summation order, with or without FMA.  The same bound in the *execution* precision covers (b) of
+the guarantee: every IEEE-754 evaluation of the network, whatever its order of operations.  A domain
+adds the radius where it keeps independent error (Box: the radius; zonotopes: the box term β;
+DeepPoly/CROWN: the constant of each step of back-substitution).  Single correctly-rounded operations
+whose direction matters (the ends of the input box, a relaxation's slope, the final margin) are moved
+one ulp outward with ``nextafter`` (``up``, ``down``).
+
+``policy()`` says what to account for: ``sound`` (on by default; training may turn it off for speed) and
+``execution``, the precision whose evaluations the bounds must cover: 'float32', 'float64', 'exact'
+(real arithmetic only, used for the specification layer, which the network never executes) or None
+(each layer's own parameter dtype, i.e. the network's dtype).  ``use(...)`` sets them in a ``with`` block.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from refcert import autodiff as ad
+from refcert import backends
+
+EXECUTIONS = ("float32", "float64", "exact")
+
+
+@dataclass(frozen=True)
+class Policy:
+    sound: bool = True
+    execution: str | None = None   # 'float32' | 'float64' | 'exact' | None: each layer's parameter dtype
+
+
+_state = threading.local()
+
+
+def policy() -> Policy:
+    """The policy in force in this thread (default: sound, execution in the network's dtype)."""
+    return getattr(_state, "policy", None) or Policy()
+
+
+@contextlib.contextmanager
+def use(*, sound: bool | None = None, execution: str | None | type(...) = ...):
+    """Set ``sound`` and/or ``execution`` inside a ``with`` block (unset arguments are kept)."""
+    old = policy()
+    new = old
+    if sound is not None:
+        new = replace(new, sound=bool(sound))
+    if execution is not ...:
+        new = replace(new, execution=check_execution(execution))
+    _state.policy = new
+    try:
+        yield new
+    finally:
+        _state.policy = old
+
+
+def check_execution(execution):
+    """None or one of EXECUTIONS (NumPy dtypes and their names accepted), else a clear ValueError."""
+    if execution is None:
+        return None
+    name = str(np.dtype(execution)) if not isinstance(execution, str) else execution
+    if name not in EXECUTIONS:
+        raise ValueError(f"execution precision must be one of {EXECUTIONS} (or None for the network's "
+                         f"dtype), got {execution!r}")
+    return name
+
+
+# --- the error model ------------------------------------------------------------------------------
+#: largest n·u allowed in γₙ: beyond it the precision cannot carry the computation (γ would blow up)
+MAX_NU = 0.01
+#: the execution library's σ and tanh: |f̃(x) − f(x)| ≤ FUNCTION_ULPS·u·|f(x)| + tiny (the stated assumption)
+FUNCTION_ULPS = 32
+
+
+def unit(dtype) -> float:
+    """Unit roundoff u of a precision: 2⁻²⁴ (float32), 2⁻⁵³ (float64); 0 for 'exact' / None."""
+    if dtype is None or dtype == "exact":
+        return 0.0
+    return float(np.finfo(_name(dtype)).eps) / 2
+
+
+def tiny(dtype) -> float:
+    """Smallest positive *normal* number: bounds the underflow error of one operation, also under
+    flush-to-zero (0 for 'exact')."""
+    if dtype is None or dtype == "exact":
+        return 0.0
+    return float(np.finfo(_name(dtype)).tiny)
+
+
+def _name(dtype) -> str:
+    return str(getattr(dtype, "name", None) or np.dtype(str(dtype).split(".")[-1]))
+
+
+def gamma(n: int, dtype) -> float:
+    """γₙ = n u / (1 − n u) (Higham, Lemma 3.1): |∏(1 + δᵢ)^±1 − 1| ≤ γₙ for n roundings."""
+    nu = n * unit(dtype)
+    if nu > MAX_NU:
+        raise ValueError(f"a sum of {n} terms in {_name(dtype)} is beyond what refcert's error bound covers "
+                         f"(n·u = {nu:.3g} > {MAX_NU}); compute in float64")
+    return nu / (1.0 - nu)
+
+
+def execution_dtype(parameter_dtype=None, computation_dtype=None):
+    """The precision whose evaluations the bounds of a layer must cover (None: real arithmetic only)."""
+    chosen = policy().execution
+    if chosen == "exact":
+        return None
+    if chosen is not None:
+        return chosen
+    dtype = parameter_dtype if parameter_dtype is not None else computation_dtype
+    return None if dtype is None else _name(dtype)
+
+
+def error_factor(n: int, computation_dtype, execution=None) -> float:
+    """The factor F in the error radius F·(|A| M + |b|) of one transformer with at most n terms per sum.
+
+    F = 2(γₙ₊₄ + γₙ₊₃^exec): γₙ₊₁ bounds the computed affine image, a few more roundings cover turning
+    it into bounds (c ± r, mid-point and radius of the next input), γₙ₊₃^exec (weights cast to the
+    execution precision, n products and sums, the bias) any execution; the factor 2 covers computing the
+    radius itself (every rounding in it can shrink it by at most (1 − u), proofs/floating_point.md §2).
+    """
+    return 2.0 * (gamma(n + 4, computation_dtype) + gamma(n + 3, execution))
+
+
+def radius(magnitude, n: int, *, execution="auto", count: int = 1):
+    """The error radius of a transformer: F·m + (2n + 8)·count·(tiny_c + tiny_e), a constant Tensor.
+
+    ``magnitude`` m ≥ 0 (Tensor) is |A| M + |b| computed in floats: A the layer's linear map, M ≥ |x| a
+    bound on its input, b its constant; ``n`` bounds the number of terms of every sum; ``count`` the
+    number of values each output is made from (a zonotope's generator count + 1: underflow is absolute).
+    ``execution`` 'auto' takes ``execution_dtype`` of the magnitude's dtype; pass a dtype name or None.
+    Returns None when the policy is not sound.
+    """
+    if not policy().sound:
+        return None
+    value = getattr(magnitude, "value", magnitude)
+    dtype = value.dtype
+    execution = execution_dtype(None, dtype) if execution == "auto" else execution
+    floor = (2 * n + 8) * count * (tiny(dtype) + tiny(execution))
+    return ad.Tensor(value * error_factor(n, dtype, execution) + floor)
+
+
+def plus(t, extra):
+    """t + extra where extra may be None (the policy is not sound): the one way radii are added."""
+    return t if extra is None else t + extra
+
+
+# --- directed rounding of single operations -------------------------------------------------------
+def _step(direction: float):
+    return ad.primitive(f"nextafter{'+' if direction > 0 else '-'}",
+                        lambda x: backends.current().xp.nextafter(x, backends.current().xp.full_like(x, direction)),
+                        lambda g, ans, x: g)  # a rounding correction: the gradient passes unchanged
+
+
+_up, _down = _step(np.inf), _step(-np.inf)
+
+
+def up(t):
+    """The next float above t: an upper bound of the exact result of the one correctly rounded operation
+    that produced t (identity when the policy is not sound)."""
+    return _up(t) if policy().sound else t
+
+
+def down(t):
+    """The next float below t (see ``up``)."""
+    return _down(t) if policy().sound else t
+
+
+def widen(lower, upper):
+    """(down(lower), up(upper)): the bounds after their last rounding, made outward."""
+    return down(lower), up(upper)
+
+
+def sum_up(t, n: int):
+    """An upper bound of a sum of n non-negative terms whose float value is t:
+    exact ≤ t / (1 − γₙ) ≤ t·(1 + 2γₙ₊₁), the product rounded up."""
+    if not policy().sound:
+        return t
+    return up(t * (1.0 + 2.0 * gamma(n + 1, getattr(t, "dtype", np.float64))))
+
+
+def mid_rad(lower, upper):
+    """(m, r) with [m − r, m + r] ⊇ [lower, upper] in exact arithmetic (r rounded up)."""
+    mid = (lower + upper) * 0.5
+    if not policy().sound:
+        return mid, (upper - lower) * 0.5
+    return mid, ad.maximum(up(up(upper - mid)), up(up(mid - lower)))
+
+
+
+# --- sigmoid and tanh -----------------------------------------------------------------------------
+def enclose(name: str, x, *, execution: bool = True):
+    """(lo, hi) with lo ≤ f(x) ≤ hi for the real f ('sigmoid' or 'tanh') and, if ``execution``, for every
+    execution's f̃(x) (relative error ≤ FUNCTION_ULPS·u + tiny, the stated assumption;
+    proofs/floating_point.md §4).
+
+    Computed in float64 (refcert's own exp/tanh are held to the same ulp bound), widened by both
+    relative errors, clamped to f's range, then cast outward to x's dtype.  Not sound: (f(x), f(x)).
+    """
+    fn = ad.sigmoid if name == "sigmoid" else ad.tanh
+    if not policy().sound:
+        value = fn(x)
+        return value, value
+    xp = backends.current().xp
+    dtype = x.dtype
+    execution = execution_dtype(None, dtype) if execution else None
+    with ad.no_grad():
+        value = fn(ad.Tensor(xp.astype(x.value, xp.float64))).value
+    slack = FUNCTION_ULPS * (unit("float64") + unit(execution))
+    floor = tiny("float64") + tiny(execution)
+    lo_range, hi_range = (0.0, 1.0) if name == "sigmoid" else (-1.0, 1.0)
+    spread = xp.abs(value) * slack + floor
+    lo = xp.clip(value - spread, lo_range, hi_range)
+    hi = xp.clip(value + spread, lo_range, hi_range)
+    lo, hi = xp.astype(lo, dtype), xp.astype(hi, dtype)
+    if _name(dtype) != "float64":  # the cast rounded to nearest: one step outward
+        lo, hi = xp.nextafter(lo, xp.full_like(lo, -np.inf)), xp.nextafter(hi, xp.full_like(hi, np.inf))
+    return ad.Tensor(lo), ad.Tensor(hi)
+
+
+def function_error(bound):
+    """The largest |f̃(x) − f(x)| of an execution of σ or tanh where |f(x)| ≤ bound (a Tensor ≥ 0), rounded
+    up: FUNCTION_ULPS·u·bound + tiny of the execution precision (0 when not sound or 'exact')."""
+    execution = execution_dtype(None, bound.dtype)
+    if not policy().sound or execution is None:
+        return bound * 0.0
+    return ad.Tensor(bound.value * (2 * FUNCTION_ULPS * unit(execution)) + 2 * tiny(execution))
