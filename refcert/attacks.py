@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from refcert import autodiff as ad
-from refcert import backends
+from refcert import backends, fp
 from refcert.autodiff import Tensor
 
 LOSSES = ("ce", "margin")
@@ -87,13 +87,12 @@ def _check_labels(labels, n_classes: int):
 def _project(z, x, eps: float, clip):
     """Nearest point of ball(x, eps) ∩ [lo, hi] to z, coordinate-wise (Madry'18: projected step).
 
-    The same bounds as ``Domain.linf_ball``: [clip(x − eps), clip(x + eps)].
+    The bounds are ``fp.ball(..., outward=False)``: the real ball rounded inward to x's dtype, so every
+    projected point is a member of the real set (no tolerance needed when it is reported).
     """
     xp = _xp()
-    lower, upper = x - eps, x + eps
-    if clip is not None:
-        lower, upper = xp.clip(lower, clip[0], clip[1]), xp.clip(upper, clip[0], clip[1])
-    return xp.minimum(xp.maximum(z, lower), upper)
+    lower, upper = fp.ball(Tensor(x), eps, clip, outward=False)
+    return xp.minimum(xp.maximum(z, lower.value), upper.value)
 
 
 def _gradient(net, z, labels, loss: str):

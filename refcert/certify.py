@@ -1,13 +1,16 @@
 """Certification: prove, falsify or give up on local robustness, input by input (DESIGN.md, "Certification").
 
 For each input x with label t and radius eps the set is S = ball∞(x, eps) ∩ [clip lo, hi] (ERAN's
-convention: pixel space, before the net's own normalisation).  Verdicts:
+convention: pixel space, before the net's own normalisation), a set of reals: x, eps and clip are read as
+exact numbers.  Verdicts (the guarantee: proofs/floating_point.md, README "What verified means"):
 
-- ``verified``: the domain's lower bound of min_{j≠t} y_t − y_j over S is > 0 (``refcert.spec``),
-  and that bound is consistent with the concrete margin at x (a looser-than-reality bound is
-  impossible for a sound domain; if it happens we raise rather than certify);
-- ``falsified``: a concrete point of S that the net misclassifies — x itself when the clean
-  prediction is wrong, else one found by PGD — re-checked by a fresh forward pass and a membership test;
+- ``verified``: the domain's sound lower bound of min_{j≠t} y_t − y_j over S is > 0 (``refcert.spec``):
+  the real-arithmetic network and every IEEE-754 execution in the ``execution`` precision (default: the
+  net's dtype), in any summation order, give t a strictly positive margin on S.  The bound must not
+  exceed the concrete margin at x (impossible for a sound domain; if it happens we raise);
+- ``falsified``: a point of S (checked exactly, no tolerance) — x itself, else one found by PGD inside
+  the inward-rounded ball — at which a sound Box bound of y_t − y_j is ≤ 0 for some j ≠ t: the point is
+  misclassified (or tied) in real arithmetic and in every execution;
 - ``unknown``: neither.
 """
 from __future__ import annotations
@@ -18,12 +21,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refcert import attacks, backends, domains, spec
+from refcert import attacks, backends, domains, fp, nn, spec
 from refcert import autodiff as ad
 from refcert.autodiff import Tensor
 
 VERDICTS = ("verified", "falsified", "unknown")
-#: slack for membership and soundness re-checks: float32 rounding of x ± eps and of the forward pass
+#: slack for accepting inputs slightly outside clip (data noise); never used for membership or verdicts
 TOLERANCE = 1e-5
 #: concrete passes (clean forward, PGD, re-checks) take at least this many inputs at once, whatever the
 #: abstract batch: zonotopes and DeepPoly are fastest at batch 1 on a CPU, PGD is not
@@ -72,6 +75,7 @@ def ball_domains() -> list[str]:
 
 def _validate(net, x, labels, eps, clip):
     """Inputs as NumPy (x float, labels int64) after checking shapes, values and ranges."""
+    nn.check_finite(net)
     x = np.asarray(backends.to_numpy(x))
     labels = np.asarray(backends.to_numpy(labels))
     if x.ndim < 2:
@@ -124,12 +128,19 @@ def _expected(net) -> str:
     return ""
 
 
-def _inside(point, x, eps, clip) -> bool:
-    """Is ``point`` in ball∞(x, eps) ∩ clip, up to TOLERANCE?"""
-    lower, upper = x - eps, x + eps
-    if clip is not None:
-        lower, upper = np.clip(lower, clip[0], clip[1]), np.clip(upper, clip[0], clip[1])
-    return bool(np.all(point >= lower - TOLERANCE) and np.all(point <= upper + TOLERANCE))
+def _surely_misclassified(net, points, labels, n_classes: int, batch_size: int) -> np.ndarray:
+    """(N,) bool: a sound Box bound of y_t − y_j at the single point is ≤ 0 for some j ≠ t, so the point is
+    misclassified or tied in real arithmetic and in every execution in the policy's precision."""
+    hit = np.zeros(points.shape[0], dtype=bool)
+    if n_classes < 2:
+        return hit
+    box = domains.get("box")
+    with ad.no_grad():
+        for start in range(0, points.shape[0], batch_size):
+            part = Tensor(points[start:start + batch_size])
+            out = spec.margin_element(net, box.from_bounds(part, part), labels[start:start + batch_size], n_classes)
+            hit[start:start + batch_size] = (out.bounds()[1].numpy() <= 0).any(axis=1)
+    return hit
 
 
 def _clean_margins(net, x, labels, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,13 +174,21 @@ def _attack(net, x, labels, eps, clip, steps, restarts, rng):
 
 
 def certify(net, x, labels, eps, domain="deepzono", clip=(0.0, 1.0), attack: bool = True,
-            pgd_steps: int = 40, pgd_restarts: int = 1, batch_size: int = 32, rng=None):
+            pgd_steps: int = 40, pgd_restarts: int = 1, batch_size: int = 32, rng=None, execution=None):
     """Certify each input of ``x`` (N, *shape) with ``labels`` (N,) on the set ball∞(x, eps) ∩ clip.
 
     ``domain``: a registered name (``refcert.domains.names()``) or a list of names; a list returns
     ``{name: CertifyResult}``, PGD then runs once per input and its points are shared.
     ``rng``: NumPy Generator or seed for PGD's random starts (default 0).
+    ``execution``: 'float32' | 'float64' | 'exact', the precision of the executions a verdict covers
+    (default: the policy's, else the net's dtype).
     """
+    execution = fp.check_execution(execution) if execution is not None else fp.policy().execution
+    with fp.use(execution=execution or nn.parameter_dtype(net)):
+        return _certify(net, x, labels, eps, domain, clip, attack, pgd_steps, pgd_restarts, batch_size, rng)
+
+
+def _certify(net, x, labels, eps, domain, clip, attack, pgd_steps, pgd_restarts, batch_size, rng):
     names = [domain] if isinstance(domain, str) else list(dict.fromkeys(domain))
     for name in names:
         domains.get(name)  # unknown names fail before any work
@@ -218,27 +237,35 @@ def _certify_one(net, x, labels, eps, name, clip, attack, steps, restarts, batch
             lower = spec.margin_bounds(net, element_of(Tensor(x[idx]), eps, clip), labels[idx], n_classes).numpy()
         times[idx] = (time.perf_counter() - began) / len(idx)
         margins[idx] = lower.min(axis=1) if n_classes > 1 else math.inf
-    unsound = np.flatnonzero(margins > clean + TOLERANCE * (1 + np.abs(clean)))
+    margins = np.where(np.isnan(margins), -math.inf, margins)
+    slack = 0.0 if fp.policy().sound else TOLERANCE  # sound bounds cover our own float pass: no slack
+    unsound = np.flatnonzero(margins > clean + slack * (1 + np.abs(clean)))
     if unsound.size:
         i = unsound[0]
         raise RuntimeError(f"domain {name!r} is unsound on input {i}: certified margin {margins[i]:.6g} exceeds "
                            f"the margin {clean[i]:.6g} at x itself; refusing to certify")
-    for i in np.flatnonzero(wrong):
-        verdicts[i], counterexamples[i] = "falsified", x[i].copy()
     for i in np.flatnonzero((margins > 0) & ~wrong):
         verdicts[i] = "verified"
-    undecided = [i for i in range(N) if verdicts[i] == "unknown"]
+    candidates = {int(i): x[i] for i in np.flatnonzero(wrong)}     # x itself, where the float pass errs
     began = time.perf_counter()
+    undecided = [i for i in range(N) if verdicts[i] == "unknown" and i not in candidates]
     if attack and undecided and eps > 0:
         todo = np.array([i for i in undecided if i not in attack_points], dtype=np.int64)
         for start in range(0, len(todo), concrete_batch):
             part = todo[start:start + concrete_batch]
             for i, point in zip(part, _attack(net, x[part], labels[part], eps, clip, steps, restarts, rng)):
                 attack_points[int(i)] = point
-        candidates = np.stack([attack_points[i] for i in undecided])
-        hit = _misclassified(net, candidates, labels[undecided], concrete_batch)
-        for i, point, is_hit in zip(undecided, candidates, hit):
-            if is_hit and _inside(point, x[i], eps, clip):
+        points = np.stack([attack_points[i] for i in undecided])
+        for i, is_hit in zip(undecided, _misclassified(net, points, labels[undecided], concrete_batch)):
+            if is_hit:
+                candidates[i] = attack_points[i]
+    if candidates:  # re-check exactly: a member of the real set, misclassified in every semantics
+        index = np.array(sorted(candidates), dtype=np.int64)
+        points = np.stack([candidates[i] for i in index])
+        member = fp.inside(points, x[index], eps, clip)
+        sure = _surely_misclassified(net, points, labels[index], n_classes, concrete_batch)
+        for i, point, ok in zip(index, points, member & sure):
+            if ok and verdicts[i] != "verified":
                 verdicts[i], counterexamples[i] = "falsified", point
     return CertifyResult(name, eps, labels, predicted, verdicts, margins, counterexamples, times,
                          attack_seconds=time.perf_counter() - began)

@@ -234,3 +234,62 @@ def function_error(bound):
     if not policy().sound or execution is None:
         return bound * 0.0
     return ad.Tensor(bound.value * (2 * FUNCTION_ULPS * unit(execution)) + 2 * tiny(execution))
+
+
+# --- the input set ----------------------------------------------------------------------------------
+def ball(x, eps, clip, *, outward: bool):
+    """Float bounds in x's dtype of the real set {y : |y − x| ≤ eps} ∩ [clip] (x, eps, clip exact reals).
+
+    ``outward``: [lower, upper] contains the real set (for bounding: proofs/floating_point.md §1).
+    Otherwise every float in [lower, upper] lies in the real set (for attacks: their points are then
+    members with no tolerance); x itself is kept as a member where it lies in clip.  Computed in float64
+    (one rounding, then one step the safe way), cast to x's dtype (then one more step).  Constants.
+    """
+    xp = backends.current().xp
+    x = ad.as_tensor(x)
+    dtype = x.dtype
+    x64 = xp.astype(x.value, xp.float64)
+    e64 = xp.astype(backends.current().asarray(ad.as_tensor(eps).numpy().astype(np.float64)), xp.float64)
+    inf = xp.full_like(x64, np.inf)
+    lower, upper = x64 - e64, x64 + e64
+    if outward:
+        lower, upper = xp.nextafter(lower, -inf), xp.nextafter(upper, inf)
+    else:  # inward, but never past x (x is in the ball)
+        lower, upper = xp.minimum(xp.nextafter(lower, inf), x64), xp.maximum(xp.nextafter(upper, -inf), x64)
+    if clip is not None:
+        lower = xp.maximum(lower, xp.full_like(x64, float(clip[0])))
+        upper = xp.minimum(upper, xp.full_like(x64, float(clip[1])))
+    cast_lower, cast_upper = xp.astype(lower, dtype), xp.astype(upper, dtype)
+    if cast_lower.dtype != xp.float64:
+        inf = xp.full_like(cast_lower, np.inf)
+        low64, up64 = xp.astype(cast_lower, xp.float64), xp.astype(cast_upper, xp.float64)
+        if outward:
+            cast_lower = xp.where(low64 > lower, xp.nextafter(cast_lower, -inf), cast_lower)
+            cast_upper = xp.where(up64 < upper, xp.nextafter(cast_upper, inf), cast_upper)
+        else:
+            cast_lower = xp.where(low64 < lower, xp.nextafter(cast_lower, inf), cast_lower)
+            cast_upper = xp.where(up64 > upper, xp.nextafter(cast_upper, -inf), cast_upper)
+    return ad.Tensor(cast_lower), ad.Tensor(cast_upper)
+
+
+def inside(points, x, eps, clip) -> np.ndarray:
+    """(N,) bool: is each points[i] in the real set ball∞(x[i], eps) ∩ clip, compared exactly (no
+    tolerance)?  Float64 decides where it is clear by a margin; borderline coordinates are compared in
+    rational arithmetic (``fractions``)."""
+    from fractions import Fraction
+    p = np.asarray(backends.to_numpy(getattr(points, "value", points)))
+    c = np.asarray(backends.to_numpy(getattr(x, "value", x)))
+    p64, c64 = p.astype(np.float64).reshape(p.shape[0], -1), c.astype(np.float64).reshape(c.shape[0], -1)
+    eps = float(eps)
+    lo, hi = (-np.inf, np.inf) if clip is None else (float(clip[0]), float(clip[1]))
+    with np.errstate(invalid="ignore", over="ignore"):
+        gap = np.abs(p64 - c64) - eps
+        slack = 1e-12 * (np.abs(p64) + np.abs(c64) + eps) + 1e-300
+        clearly_in = (gap < -slack) & (p64 >= lo) & (p64 <= hi)
+        clearly_out = (gap > slack) | (p64 < lo) | (p64 > hi) | ~np.isfinite(p64)
+    result = ~clearly_out.any(axis=1)
+    E = Fraction(eps)
+    for i, j in zip(*np.nonzero(~clearly_in & ~clearly_out)):
+        if result[i] and abs(Fraction(float(p64[i, j])) - Fraction(float(c64[i, j]))) > E:
+            result[i] = False
+    return result

@@ -222,6 +222,37 @@ class Residual(Module):
         return f"Residual(block={self.block!r}, shortcut={self.shortcut!r})"
 
 
+def check_finite(net) -> None:
+    """Refuse a network that no certificate can be about: a NaN or infinite weight, bias or normalisation
+    constant, or a normalisation std that is not > 0.  Raises ValueError naming the layer and parameter."""
+    def walk(module, path):
+        for key, value in module.params.items():
+            if isinstance(value, Tensor):
+                array = value.numpy()
+                bad = ~np.isfinite(array)
+                if bad.any():
+                    raise ValueError(f"layer {path}{type(module).__name__}: parameter {key!r} has {int(bad.sum())} "
+                                     f"NaN or infinite value(s) of {array.size}; weights, biases and normalisation "
+                                     f"constants must be finite")
+        if module.op == "normalize" and not np.all(module.params["std"].numpy() > 0):
+            raise ValueError(f"layer {path}Normalize: std must be > 0, got {module.params['std'].numpy().tolist()}")
+        for i, child in enumerate(module.children()):
+            walk(child, f"{path}{i}.")
+    walk(net, "")
+
+
+def parameter_dtype(net) -> str | None:
+    """The dtype of the network's first parameter (its precision), or None for a network without any."""
+    stack = [net]
+    while stack:
+        module = stack.pop(0)
+        for value in module.params.values():
+            if isinstance(value, Tensor):
+                return str(value.numpy().dtype)
+        stack.extend(module.children())
+    return None
+
+
 #: layer classes by name, for refcert.save / refcert.load
 LAYER_TYPES = {cls.__name__: cls for cls in (Linear, Conv2d, Normalize, ReLU, Sigmoid, Tanh, Flatten,
                                              AvgPool2d, MaxPool2d, Sequential, Residual)}

@@ -9,13 +9,14 @@ segment is > 0; falsified only by a point of the segment that a fresh forward pa
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from refcert import autodiff as ad
-from refcert import backends, domains, interpret, nn, spec
+from refcert import backends, domains, fp, interpret, nn, spec
 from refcert.autodiff import Tensor, no_grad
 from refcert.domains import line, line_certify
 
@@ -56,6 +57,9 @@ def _element(domain: str, x_from: np.ndarray, x_to: np.ndarray, budget):
     if domain == "box":
         return domains.get("box").from_bounds(np.minimum(x_from, x_to), np.maximum(x_from, x_to))
     center, generator = (x_from + x_to) / 2, (x_to - x_from) / 2
+    with no_grad():  # the rounding of centre and generator, as a box term (proofs/floating_point.md §6)
+        beta = fp.radius(Tensor(np.abs(x_from) + np.abs(x_to)), 1, execution=None)
+    beta = np.zeros_like(center) if beta is None else beta.numpy()
     if domain not in domains.names():
         raise ValueError(f"certify_segment: domain {domain!r} is not available (have {domains.names()})")
     from refcert.domains import zonotope
@@ -64,7 +68,7 @@ def _element(domain: str, x_from: np.ndarray, x_to: np.ndarray, budget):
                          "approxline, box or a zonotope domain")
     # center (1, *shape), one generator (1, 1, *shape), no box term
     return zonotope.Zonotope(center=Tensor(center), generators=Tensor(generator[:, None]),
-                             box_radius=Tensor(np.zeros_like(center)), domain=domain)
+                             box_radius=Tensor(beta), domain=domain)
 
 
 def _layers(net) -> list:
@@ -79,16 +83,18 @@ def certify_segment(net, x_from, x_to, label: int, domain: str = "exactline",
     a, b = _input(x_from, "x_from")[None], _input(x_to, "x_to")[None]
     if a.shape != b.shape:
         raise ValueError(f"certify_segment: x_from {a.shape[1:]} and x_to {b.shape[1:]} differ in shape")
+    nn.check_finite(net)
     dtype = spec._float_dtype(net)
-    a, b = a.astype(dtype), b.astype(dtype)
+    if np.array_equal(a.astype(dtype), a) and np.array_equal(b.astype(dtype), b):  # else keep float64: the
+        a, b = a.astype(dtype), b.astype(dtype)                                  # segment is the one given
     n = spec.output_size(net)
     if not 0 <= int(label) < n:
         raise ValueError(f"certify_segment: label {label} outside 0..{n - 1}")
     start = time.perf_counter()
-    with no_grad():
+    with no_grad(), fp.use(execution=fp.policy().execution or nn.parameter_dtype(net)):
         element = _element(domain, a, b, budget)
         out = interpret.run(_layers(net), element)
-        margin, lows, highs, parts = _margin(out, domain, label, n, dtype)
+        margin, lows, highs, parts = _margin(net, element, out, domain, label, n)
         verdict, witness, t_witness = "verified" if margin > 0 else "unknown", None, None
         if verdict != "verified":
             t_witness = _find_counterexample(net, a[0], b[0], label, out if domain in ("exactline", "approxline")
@@ -99,14 +105,12 @@ def certify_segment(net, x_from, x_to, label: int, domain: str = "exactline",
                          time.perf_counter() - start)
 
 
-def _margin(out, domain: str, label: int, n: int, dtype: str):
-    """(min_j lower bound of y_label − y_j, fraction lows, fraction highs, part count)."""
-    if n == 1:
-        margin = float("inf")
-    else:
-        C = spec.margin_matrix(np.array([label]), n, dtype=dtype)
-        table = domains.get(domain).transformers
-        margin = float(np.min(table["linear"](out, weight=C, bias=None).bounds()[0].numpy()))
+def _margin(net, element, out, domain: str, label: int, n: int):
+    """(min_j sound lower bound of y_label − y_j, fraction lows, fraction highs, part count).  The bound
+    comes from ``spec.margin_bounds`` (for line domains: confirmed piece by piece in a sound domain)."""
+    margin = float("inf") if n == 1 else float(np.min(spec.margin_bounds(net, element, [label], n).numpy()))
+    if math.isnan(margin):
+        margin = -math.inf
     if domain not in ("exactline", "approxline"):
         return margin, None, None, None
     lows, highs = line_certify.class_fractions(out)
@@ -118,7 +122,8 @@ def _predicts(net, x: np.ndarray) -> np.ndarray:
 
 
 def _find_counterexample(net, a: np.ndarray, b: np.ndarray, label: int, out) -> float | None:
-    """A t whose point x(t) a fresh forward pass does not classify as ``label``, or None."""
+    """A t such that the real point x(t) of the segment is misclassified (``_surely_wrong``), or None.
+    Candidates: line pieces of another class, then evenly spaced t, each pre-screened by a forward pass."""
     candidates = list(np.linspace(0.0, 1.0, PROBES))
     if out is not None:
         pieces = line_certify.class_pieces(out.items[0])
@@ -127,11 +132,22 @@ def _find_counterexample(net, a: np.ndarray, b: np.ndarray, label: int, out) -> 
         candidates = list((pieces.t_lo[other] + pieces.t_hi[other]) / 2) + candidates
     t = np.asarray(candidates)
     points = a[None] + t.reshape((-1,) + (1,) * a.ndim) * (b - a)[None]
-    wrong = np.nonzero(_predicts(net, points) != label)[0]
-    if wrong.size == 0:
-        return None
-    t_found = float(t[wrong[0]])
-    again = a + t_found * (b - a)
-    if _predicts(net, again[None])[0] == label:  # the re-check must agree, else no counterexample
-        return None
-    return t_found
+    for k in np.nonzero(_predicts(net, points) != label)[0]:
+        if _surely_wrong(net, a, b, float(t[k]), label):
+            return float(t[k])
+    return None
+
+
+def _surely_wrong(net, a: np.ndarray, b: np.ndarray, t: float, label: int) -> bool:
+    """Is the real point a + t·(b − a) misclassified (or tied) in real arithmetic and in every execution on
+    the floats near it?  A sound Box bound of y_label − y_j over a float box enclosing the point (its
+    rounding error bounded by fp) is ≤ 0 for some j."""
+    with no_grad():
+        x = a + t * (b - a)
+        size = np.abs(a) + abs(t) * (np.abs(a) + np.abs(b))
+        error = fp.radius(Tensor(size[None]), 3, execution=None)
+        error = np.zeros_like(size[None]) if error is None else error.numpy()
+        lower, upper = fp.widen(Tensor(x[None] - error), Tensor(x[None] + error))
+        element = domains.get("box").from_bounds(lower, upper)
+        bound = spec.margin_element(net, element, [label]).bounds()[1].numpy()
+    return bool((bound <= 0).any())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from refcert import autodiff as ad
-from refcert import backends, interpret, nn
+from refcert import backends, fp, interpret, nn
 from refcert.autodiff import Tensor
 
 
@@ -83,14 +83,37 @@ def margin_bounds(net, element, labels, n_classes: int | None = None) -> Tensor:
     Runs [net, C] through the element's domain, then takes the lower bound.  Differentiable.
     Sound because C is applied by the domain's own sound ``linear`` transformer.
     """
+    out = margin_element(net, element, labels, n_classes)
+    return out if isinstance(out, Tensor) else out.bounds()[0] if hasattr(out, "bounds") else out
+
+
+def margin_element(net, element, labels, n_classes: int | None = None):
+    """The element of [net, C] over the set ``element`` (its ``bounds()`` bound y_t − y_j, j ≠ t).
+
+    Floating point: the net's layers are bounded for executions in the policy's precision, by default the
+    net's own dtype (``fp.policy().execution`` None); the specification layer C is never executed by the
+    network (the decision compares y_t and y_j exactly), so it runs with execution 'exact'.
+    """
     n = output_size(net) if n_classes is None else int(n_classes)
     labels = _labels_numpy(labels)
     if n == 1:  # a single class: nothing to confuse it with
         return Tensor(np.zeros((labels.shape[0], 0)))
-    dtype = _float_dtype(net)
-    spec = Specification(margin_matrix(labels, n, dtype=dtype))
-    out = interpret.run(_layers(net) + [spec], element)
-    return out.bounds()[0] if hasattr(out, "bounds") else out  # a point is its own bound
+    execution = fp.policy().execution or nn.parameter_dtype(net) if hasattr(net, "params") else fp.policy().execution
+    out = _run(net, element, labels, n, execution)
+    from refcert.domains.line import LineElement
+    if isinstance(element, LineElement) and fp.policy().sound:  # line parts are float approximations:
+        from refcert.domains import line_certify                 # re-bound every part's piece soundly
+        rerun = lambda piece, item: _run(net, piece, labels if item is None else labels[item], n, execution)
+        return line_certify.confirm(rerun, element, out)
+    return out
+
+
+def _run(net, element, labels, n: int, execution):
+    spec = Specification(margin_matrix(labels, n, dtype=_float_dtype(net)))
+    with fp.use(execution=execution):
+        out = interpret.run(_layers(net), element)
+    with fp.use(execution="exact"):
+        return interpret.run([spec], out)
 
 
 def _float_dtype(net) -> str:

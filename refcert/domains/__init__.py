@@ -10,8 +10,6 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
 from refcert import autodiff as ad
 
 #: the layer vocabulary every table must cover
@@ -36,35 +34,13 @@ class Domain:
         if clip is not None and clip[0] > clip[1]:
             raise ValueError(f"clip range is empty: {clip}")
         if fp.policy().sound:
-            lower, upper = outward_ball(x, eps, clip)
+            lower, upper = fp.ball(x, eps, clip, outward=True)
             return self.from_bounds(lower, upper)
         lower, upper = x - eps, x + eps
         if clip is not None:
             lower = ad.clip(lower, lower=clip[0], upper=clip[1])
             upper = ad.clip(upper, lower=clip[0], upper=clip[1])
         return self.from_bounds(lower, upper)
-
-
-def outward_ball(x, eps, clip):
-    """[lower, upper] in x's dtype containing the real set {y : |y − x| ≤ eps} ∩ [clip]: computed in
-    float64 (one rounding, then one step outward), cast to x's dtype (then one more step outward).
-    Constants, no gradient (proofs/floating_point.md §1)."""
-    from refcert import backends
-    xp = backends.current().xp
-    dtype = x.dtype
-    x64 = xp.astype(x.value, xp.float64)
-    e64 = backends.current().asarray(ad.as_tensor(eps).numpy().astype(np.float64))
-    inf = xp.full_like(x64, np.inf)
-    lower, upper = xp.nextafter(x64 - e64, -inf), xp.nextafter(x64 + e64, inf)
-    if clip is not None:
-        lower = xp.maximum(lower, xp.full_like(x64, float(clip[0])))
-        upper = xp.minimum(upper, xp.full_like(x64, float(clip[1])))
-    cast_lower, cast_upper = xp.astype(lower, dtype), xp.astype(upper, dtype)
-    if cast_lower.dtype != xp.float64:
-        inf = xp.full_like(cast_lower, np.inf)
-        cast_lower = xp.where(xp.astype(cast_lower, xp.float64) > lower, xp.nextafter(cast_lower, -inf), cast_lower)
-        cast_upper = xp.where(xp.astype(cast_upper, xp.float64) < upper, xp.nextafter(cast_upper, inf), cast_upper)
-    return ad.Tensor(cast_lower), ad.Tensor(cast_upper)
 
 
 _REGISTRY: dict[str, Domain] = {}

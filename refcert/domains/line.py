@@ -10,11 +10,14 @@ One element type serves both (ExactLine = ApproxLine with no budget and no boxes
 ``Parts`` holds a grid 0 = t_0 < … < t_M = 1 and, for part m covering [t_m, t_{m+1}] (probability mass
 t_{m+1} − t_m under t uniform on [0, 1]), either a segment (``start``/``end`` = images of x(t_m),
 x(t_{m+1})) or a box (``start``/``end`` = lower/upper).  Grids are found in NumPy (their size depends
-on the data); values live on the active backend.  Not differentiable through split points: these
+on the data); values live on the active backend.  Floating point: the parts are computed in plain float
+arithmetic; under the sound policy, verdicts use ``line_certify.confirm``, which re-bounds every part's
+input piece in a sound domain (proofs/floating_point.md §6).  Not differentiable through split points: these
 domains certify, they are not meant for DiffAI training.  Proofs: proofs/exactline.md, proofs/approxline.md.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +48,7 @@ class LineElement:
     items: tuple
     domain: str
     budget: int | None = None
+    source: tuple | None = None   # the input set: ('segment', x_from, x_to) or ('box', lower, upper)
 
     def bounds(self):
         """(lower, upper) (batch, *shape): exact min/max over the segment pieces (affine: extremes at
@@ -79,7 +83,7 @@ def segment(x_from, x_to, domain: str = "exactline", budget: int | None = None) 
         raise ValueError("segment endpoints must be finite")
     items = tuple(Parts(np.array([0.0, 1.0]), Tensor(x_from.value[b:b + 1, ...]), Tensor(x_to.value[b:b + 1, ...]),
                         np.zeros(1, bool)) for b in range(x_from.shape[0]))
-    return LineElement(items, domain, None if budget is None else int(budget))
+    return LineElement(items, domain, None if budget is None else int(budget), ("segment", x_from, x_to))
 
 
 # --- splitting parts at given parameters (exact: every part is affine in t) -------------------------
@@ -138,7 +142,7 @@ def sign_crossings(a: np.ndarray, b: np.ndarray):
 
 def _map(element: LineElement, fn) -> LineElement:
     items = tuple(fn(p, b) for b, p in enumerate(element.items))
-    return LineElement(items, element.domain, element.budget)
+    return dataclasses.replace(element, items=items)
 
 
 def _affine(element: LineElement, op: str, params: dict) -> LineElement:

@@ -8,6 +8,8 @@ Proof: proofs/approxline.md.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from refcert import autodiff as ad
@@ -26,7 +28,7 @@ def relax(element: LineElement) -> LineElement:
     if element.budget is None:
         return element
     items = tuple(_relax_parts(p, element.budget) for p in element.items)
-    return LineElement(items, element.domain, element.budget)
+    return dataclasses.replace(element, items=items)
 
 
 def _relax_parts(parts: Parts, budget: int) -> Parts:
@@ -122,7 +124,7 @@ def add(a: LineElement, b: LineElement, *, origin=None) -> LineElement:
     if not isinstance(b, LineElement) or len(a.items) != len(b.items):
         raise ValueError(f"{a.domain}: add needs two line elements of one batch, got {type(b).__name__}")
     items = tuple(_add_parts(p, q) for p, q in zip(a.items, b.items))
-    return relax(LineElement(items, a.domain, a.budget))
+    return relax(dataclasses.replace(a, items=items))
 
 
 def _monotone(f):
@@ -148,7 +150,7 @@ def from_bounds(lower, upper) -> LineElement:
         raise ValueError("approxline from_bounds needs lower <= upper everywhere")
     items = tuple(Parts(np.array([0.0, 1.0]), Tensor(lower.value[b:b + 1, ...]), Tensor(upper.value[b:b + 1, ...]),
                         np.ones(1, bool)) for b in range(lower.shape[0]))
-    return LineElement(items, "approxline", None)
+    return LineElement(items, "approxline", None, ("box", lower, upper))
 
 
 APPROXLINE = {**line.EXACTLINE, "add": add,
