@@ -9,10 +9,16 @@ disjuncts still open, cheapest method first:
    ``refcert.spec``, so relational domains keep correlations);
 3. PGD inside each box on max_i (C_i y − d_i) (Madry et al. ICLR'18, Sec. 2, with this objective);
 4. with ``complete=True``, the exact MILP of ``refcert.exact.find_violation`` (Tjeng et al. ICLR'19).
-*unsat* needs every disjunct proved; *sat* needs a point that is re-checked inside its box and
-violating on fresh forward passes in float64 **and** float32 (VNN-COMP checks with onnxruntime in
-float32).  Bounds are computed on a float64 copy of the net.  Boxes are given flat in VNN-LIB (ONNX)
-order and counterexamples are returned in that order (``net.input_permutation`` is undone).
+*unsat* and *sat* carry the guarantee of proofs/floating_point.md, for the real box (VNN-LIB decimals read
+exactly) and every execution in ``execution`` precision (default: the ONNX file's dtype; VNN-COMP checks
+with onnxruntime in float32): *unsat* needs every disjunct proved by a sound bound (a strict unsafe row
+C_i y < d_i is refuted by a bound ≥ d_i, a non-strict one by a bound > d_i); *sat* needs a point of the
+execution precision inside the real box (exact test) at which a sound Box bound puts every row of one
+disjunct on its unsafe side, so the real network and every execution violate.  An exact MILP's
+"infeasible" rests on a solver's tolerances, so under the sound policy it proves nothing; ``complete``
+then splits the input box instead (sound domains on the pieces) and uses the MILP to find counterexamples.
+Bounds are computed on a float64 copy of the net.  Boxes are given flat in VNN-LIB (ONNX) order and
+counterexamples are returned in that order (``net.input_permutation`` is undone).
 """
 from __future__ import annotations
 
@@ -23,17 +29,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fractions import Fraction
+
 from refcert import autodiff as ad
 from refcert import domains as domain_registry
-from refcert import interpret, nn
+from refcert import fp, interpret, nn
 from refcert.autodiff import Tensor
 from refcert.exact import ExactUndecided, find_violation
+from refcert.io import vnnlib
 from refcert.spec import Specification
 
 DEFAULT_DOMAINS = ("deepzono", "deeppoly")
 STATUSES = ("sat", "unsat", "unknown", "timeout")
-#: a row is proved only when lower(C_i y) − d_i > MARGIN·(1 + |d_i|): slack for float64 rounding
-MARGIN = 1e-9
+#: most input-box pieces ``complete`` splits a disjunct into (sound domains on each piece)
+MAX_PIECES = 4096
 #: PGD stops early once max_i (C_i y − d_i) < −STRICT·(1 + max|d|); smaller violations keep searching
 STRICT = 1e-4
 
@@ -50,11 +59,15 @@ class VerifyOutcome:
 
 @dataclass
 class _Unit:
-    """One disjunct: the box in refcert layout (1, *shape) and its output polytope C y ≤ d."""
+    """One disjunct: the box in refcert layout (1, *shape) (rounded outward), its output polytope C y ≤ d
+    (``spec``: a vnnlib.Constraint with strict rows and d rounded both ways), and the real box
+    (``exact``: Fractions (lower, upper) in refcert order)."""
     lower: np.ndarray
     upper: np.ndarray
     C: np.ndarray   # (k, outputs)
     d: np.ndarray   # (k,)
+    spec: object = None
+    exact: tuple = None
 
 
 def _constant_copy(net, dtype: str):
@@ -76,19 +89,25 @@ def _units(net64, disjuncts, shape, perm) -> list:
     """Validate the disjuncts against the net; boxes rearranged into the net's layout."""
     n = int(np.prod(shape))
     units = []
-    for b, (lower, upper, specs) in enumerate(disjuncts):
+    for b, disjunct in enumerate(disjuncts):
+        lower, upper, specs = disjunct
         lower, upper = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (lower, upper))
         if lower.size != n or upper.size != n:
             raise ValueError(f"the property has {lower.size} inputs but the network takes {n} "
                              f"(input shape {tuple(shape)})")
         if not np.all(np.isfinite(lower) & np.isfinite(upper)):
             raise ValueError(f"input box {b} is not finite")
+        exact_lower = getattr(disjunct, "exact_lower", None) or [Fraction(float(v)) for v in lower]
+        exact_upper = getattr(disjunct, "exact_upper", None) or [Fraction(float(v)) for v in upper]
         if perm is not None:
             lower, upper = lower[perm], upper[perm]
+            exact_lower, exact_upper = [exact_lower[i] for i in perm], [exact_upper[i] for i in perm]
         lower, upper = lower.reshape((1,) + tuple(shape)), upper.reshape((1,) + tuple(shape))
-        for C, d in specs:
+        for entry in specs:
+            C, d = entry[0], entry[1]
+            spec = entry if hasattr(entry, "strict") else vnnlib.constraint(C, d)
             C, d = np.atleast_2d(np.asarray(C, dtype=np.float64)), np.asarray(d, dtype=np.float64).reshape(-1)
-            units.append(_Unit(lower, upper, C, d))
+            units.append(_Unit(lower, upper, C, d, spec, (exact_lower, exact_upper)))
     if not units:
         raise ValueError("the property has no disjuncts (no input box with an output constraint)")
     try:
@@ -102,27 +121,65 @@ def _units(net64, disjuncts, shape, perm) -> list:
     return units
 
 
-def _check(net64, net32, unit: _Unit, x):
-    """(x, y32) if x (clipped to the box, float32-representable where the box allows) violates on fresh
-    float64 and float32 passes, else None."""
-    x = np.clip(np.asarray(x, dtype=np.float64).reshape(unit.lower.shape), unit.lower, unit.upper)
-    rounded = x.astype(np.float32).astype(np.float64)
-    x = np.where((rounded >= unit.lower) & (rounded <= unit.upper), rounded, x)
-    y64, y32 = _forward(net64, x)[0], _forward(net32, x.astype(np.float32))[0].astype(np.float64)
-    if np.all(unit.C @ y64 <= unit.d) and np.all(unit.C @ y32 <= unit.d):
-        return x, y32
-    return None
+def _refuted(unit: _Unit, lower: np.ndarray) -> bool:
+    """Does a sound lower bound of C y (per row) put some exact row outside the unsafe set?"""
+    spec = unit.spec
+    above = np.where(spec.strict, lower >= spec.d_upper, lower > spec.d_upper)
+    return bool(np.any(above & spec.exact_rows))
 
 
-def _domain_lower(net64, name, group: list) -> list:
-    """Sound lower bounds of C y over the box, one (k,) array per unit of ``group`` (units that share one
-    box): one run of domain ``name`` with every unit's rows stacked into one specification layer."""
-    C = np.concatenate([unit.C for unit in group])
-    element = domain_registry.get(name).from_bounds(Tensor(group[0].lower), Tensor(group[0].upper))
-    layers = [net64, nn.Flatten(), Specification(Tensor(C[None]))]  # Flatten: outputs may be (1, 10, 1)
+def _inner_box(unit: _Unit, dtype: str):
+    """(lower, upper) in ``dtype``: the floats of that precision that lie in the real box (may be empty)."""
+    def side(values, direction):
+        out = np.array([vnnlib.rounded(q, direction) for q in values], dtype=np.float64).astype(dtype)
+        wrong_side = [(Fraction(float(v)) < q) if direction > 0 else (Fraction(float(v)) > q)
+                      for v, q in zip(out, values)]  # the cast to dtype rounded past the real bound
+        out = np.where(wrong_side, np.nextafter(out, np.array(direction * np.inf, dtype=dtype)), out)
+        return out.reshape(unit.lower.shape)
+    return side(unit.exact[0], +1), side(unit.exact[1], -1)
+
+
+def _check(net64, net32, unit: _Unit, x, execution: str):
+    """(x, y32) if x — moved into the floats of the execution precision that lie in the real box — is a
+    rigorous counterexample: a sound Box bound at the point has every row of C y on its unsafe side
+    (so the real network and every execution violate); else None."""
+    lower, upper = _inner_box(unit, execution)
+    if np.any(lower > upper):
+        return None
+    x = np.clip(np.asarray(x, dtype=np.float64).reshape(unit.lower.shape).astype(execution), lower, upper)
+    y64, y32 = _forward(net64, x.astype(np.float64))[0], _forward(net32, x.astype(np.float32))[0].astype(np.float64)
+    if not (np.all(unit.C @ y64 <= unit.d) and np.all(unit.C @ y32 <= unit.d)):
+        return None  # a cheap screen before the sound check
+    spec = unit.spec
+    if not np.all(spec.exact_rows):
+        return None
+    point = Tensor(x.astype(np.float64))
+    with fp.use(execution=execution):
+        high = _spec_bounds(net64, domain_registry.get("box").from_bounds(point, point), unit.C)[1]
+    below = np.where(spec.strict, high < spec.d_lower, high <= spec.d_lower)
+    return (x.astype(np.float64), y32) if np.all(below) else None
+
+
+def _spec_bounds(net64, element, C):
+    """Sound (lower, upper) of C y over ``element`` (flat, (rows,)): the net under the policy's execution
+    precision, the rows C (not executed by the network) with execution 'exact'."""
     with ad.no_grad():
-        lower = interpret.run(layers, element).bounds()[0].numpy().reshape(-1)
-    return np.split(lower, np.cumsum([unit.d.size for unit in group])[:-1])
+        out = interpret.run([net64, nn.Flatten()], element)
+        with fp.use(execution="exact"):
+            low, high = interpret.run([Specification(Tensor(C[None]))], out).bounds()
+    return low.numpy().reshape(-1), high.numpy().reshape(-1)
+
+
+def _domain_lower(net64, name, group: list, lower=None, upper=None) -> list:
+    """Sound lower bounds of C y over the box, one (k,) array per unit of ``group`` (units that share one
+    box; ``lower``/``upper`` override it, for a piece of a split box): one run of domain ``name`` with every
+    unit's rows stacked into one specification layer."""
+    C = np.concatenate([unit.C for unit in group])
+    lower = group[0].lower if lower is None else lower
+    upper = group[0].upper if upper is None else upper
+    element = domain_registry.get(name).from_bounds(Tensor(lower), Tensor(upper))
+    low = _spec_bounds(net64, element, C)[0]
+    return np.split(low, np.cumsum([unit.d.size for unit in group])[:-1])
 
 
 def _pgd(net64, unit: _Unit, steps, restarts, rng, deadline) -> np.ndarray:
@@ -152,12 +209,14 @@ def _pgd(net64, unit: _Unit, steps, restarts, rng, deadline) -> np.ndarray:
 
 
 def verify(net, disjuncts, domains=DEFAULT_DOMAINS, timeout=None, complete: bool = False, seed: int = 0,
-           attack_steps: int = 50, restarts: int = 4, input_shape=None) -> VerifyOutcome:
+           attack_steps: int = 50, restarts: int = 4, input_shape=None, execution=None) -> VerifyOutcome:
     """Decide the unsafe set ``disjuncts`` = [(lower, upper, [(C, d), ...]), ...] on ``net``.
 
     ``input_shape`` (no batch) defaults to ``net.input_shape`` (set by ``load_onnx``), else the box size;
-    ``timeout`` seconds of wall clock for the whole run (None: no limit).  Raises ValueError for
-    properties that do not fit the net.  Returns a ``VerifyOutcome`` (module docstring).
+    ``timeout`` seconds of wall clock for the whole run (None: no limit); ``execution`` 'float32' |
+    'float64' (default: ``net.onnx_dtype`` from ``load_onnx``, else the net's dtype).  Raises ValueError
+    for properties that do not fit the net or a net with non-finite parameters.  Returns a
+    ``VerifyOutcome`` (module docstring).
     """
     began = time.perf_counter()
     deadline = math.inf if timeout is None else began + float(timeout)
@@ -166,12 +225,25 @@ def verify(net, disjuncts, domains=DEFAULT_DOMAINS, timeout=None, complete: bool
         domain_registry.get(name)  # unknown names fail before any work
     if int(attack_steps) < 0 or int(restarts) < 1:
         raise ValueError(f"need attack_steps >= 0 and restarts >= 1, got {attack_steps}, {restarts}")
+    nn.check_finite(net)
+    execution = fp.check_execution(execution) or fp.policy().execution or getattr(net, "onnx_dtype", None) \
+        or nn.parameter_dtype(net) or "float32"
+    if execution == "exact":
+        raise ValueError("verify needs an execution precision (float32 or float64): a counterexample is a float")
+    with fp.use(execution=execution):
+        return _verify(net, disjuncts, names, began, deadline, complete, seed, attack_steps, restarts,
+                       input_shape, execution)
+
+
+def _verify(net, disjuncts, names, began, deadline, complete, seed, attack_steps, restarts, input_shape,
+            execution) -> VerifyOutcome:
     net64, net32 = _constant_copy(net, "float64"), _constant_copy(net, "float32")
     perm = getattr(net, "input_permutation", None)
     input_shape = input_shape or getattr(net, "input_shape", None) or (np.size(disjuncts[0][0]) if disjuncts else 0,)
     units = _units(net64, disjuncts, tuple(input_shape), perm)
     proved = {}
     rng = np.random.default_rng(seed)
+    check = lambda unit, x: _check(net64, net32, unit, x, execution)
 
     def outcome(status, message, found=None):
         x, y = (None, None) if found is None else found
@@ -186,12 +258,12 @@ def verify(net, disjuncts, domains=DEFAULT_DOMAINS, timeout=None, complete: bool
 
     open_units = []
     for unit in units:
-        if np.any(unit.lower > unit.upper):
+        if any(lo > hi for lo, hi in zip(*unit.exact)):
             prove("empty box")  # no x at all: nothing to violate
         else:
             open_units.append(unit)
     for unit in open_units:
-        found = _check(net64, net32, unit, (unit.lower + unit.upper) / 2)
+        found = check(unit, (unit.lower + unit.upper) / 2)
         if found is not None:
             return outcome("sat", "the centre of an input box violates the property", found)
     for name in names:
@@ -203,11 +275,10 @@ def verify(net, disjuncts, domains=DEFAULT_DOMAINS, timeout=None, complete: bool
                 return outcome("timeout", f"timed out while running domain {name!r}")
             y_centre = _forward(net64, (group[0].lower + group[0].upper) / 2)[0]
             for unit, lower in zip(group, _domain_lower(net64, name, group)):
-                centre = unit.C @ y_centre
-                if np.any(lower > centre + 1e-6 * (1 + np.abs(centre))):
+                if np.any(lower > unit.C @ y_centre):  # a sound bound covers every float64 pass
                     raise RuntimeError(f"domain {name!r} is unsound: its lower bound {lower.max():.6g} exceeds "
                                        f"the value at the box centre; refusing to verify")
-                if np.any(lower - unit.d > MARGIN * (1 + np.abs(unit.d))):
+                if _refuted(unit, lower):
                     prove(name)
                 else:
                     still_open.append(unit)
@@ -216,13 +287,21 @@ def verify(net, disjuncts, domains=DEFAULT_DOMAINS, timeout=None, complete: bool
         return outcome("unsat", "every disjunct proved infeasible")
     for unit in open_units:
         for point in _pgd(net64, unit, int(attack_steps), int(restarts), rng, deadline):
-            found = _check(net64, net32, unit, point)
+            found = check(unit, point)
             if found is not None:
                 return outcome("sat", "PGD found a counterexample", found)
     if time.perf_counter() > deadline:
         return outcome("timeout", "timed out during the attack")
     if not complete:
         return outcome("unknown", f"{len(open_units)} of {len(units)} disjuncts neither proved nor falsified")
+    return _complete(net64, open_units, names, deadline, check, prove, outcome)
+
+
+def _complete(net64, open_units, names, deadline, check, prove, outcome) -> VerifyOutcome:
+    """``complete``: the exact MILP looks for a counterexample in each open disjunct (its point is checked
+    soundly); its "none" is a proof only without the sound policy (it rests on solver tolerances).  Under
+    the sound policy each open disjunct is then split along its widest input into pieces, each bounded by
+    the domains, until every piece is refuted, MAX_PIECES is reached or time runs out."""
     undecided = []
     for unit in open_units:
         remaining = deadline - time.perf_counter()
@@ -233,17 +312,47 @@ def verify(net, disjuncts, domains=DEFAULT_DOMAINS, timeout=None, complete: bool
         except ExactUndecided as err:
             if time.perf_counter() > deadline:
                 return outcome("timeout", "timed out during the exact MILP search")
-            undecided.append(str(err))
-            continue
+            x, note = None, str(err)
         except ValueError as err:  # a layer the MILP cannot encode (sigmoid, tanh)
-            return outcome("unknown", f"exact search not possible: {err}")
-        if x is None:
+            x, note = None, f"exact search not possible: {err}"
+        else:
+            note = "the MILP found no violation"
+        if x is not None:
+            found = check(unit, x)
+            if found is not None:
+                return outcome("sat", "the exact MILP search found a counterexample", found)
+            note = "the MILP's violation does not hold in the sound re-check (a floating-point near-tie)"
+        elif note == "the MILP found no violation" and not fp.policy().sound:
             prove("milp")
             continue
-        found = _check(net64, net32, unit, x)
-        if found is not None:
-            return outcome("sat", "the exact MILP search found a counterexample", found)
-        undecided.append("MILP found a violation in float64 that the float32 re-check does not confirm")
+        if _split(net64, unit, names, deadline):
+            prove("input splitting")
+            continue
+        if time.perf_counter() > deadline:
+            return outcome("timeout", "timed out while splitting the input box")
+        undecided.append(note)
     if undecided:
         return outcome("unknown", f"{len(undecided)} disjunct(s) undecided: {undecided[0]}")
     return outcome("unsat", "every disjunct proved infeasible")
+
+
+def _split(net64, unit: _Unit, names, deadline) -> bool:
+    """Refute the disjunct on every piece of its input box, bisecting the widest coordinate of a piece
+    that no domain refutes (sound: the pieces cover the box); False at MAX_PIECES or the deadline."""
+    pieces, done = [(unit.lower, unit.upper)], 0
+    while pieces:
+        if time.perf_counter() > deadline or done + len(pieces) > MAX_PIECES:
+            return False
+        lower, upper = pieces.pop()
+        done += 1
+        if any(_refuted(unit, _domain_lower(net64, name, [unit], lower, upper)[0]) for name in names):
+            continue
+        width = (upper - lower).reshape(-1)
+        k = int(np.argmax(width))
+        if width[k] <= 0:
+            return False  # a single point that no domain refutes
+        middle = lower.reshape(-1)[k] + width[k] / 2  # any split point works: the halves share it
+        left_upper, right_lower = upper.copy().reshape(-1), lower.copy().reshape(-1)
+        left_upper[k], right_lower[k] = middle, middle
+        pieces += [(lower, left_upper.reshape(upper.shape)), (right_lower.reshape(lower.shape), upper)]
+    return True

@@ -20,8 +20,11 @@ def add_arguments(parser):
     parser.add_argument("--timeout", type=float, default=None, metavar="S", help="wall-clock limit in seconds")
     parser.add_argument("--result", metavar="PATH", help="write the VNN-COMP result file here (atomic)")
     parser.add_argument("--complete", action="store_true",
-                        help="decide what the domains and PGD leave open with an exact MILP (small nets)")
+                        help="what the domains and PGD leave open: an exact MILP looks for a counterexample, "
+                             "input splitting with the domains proves (small nets)")
     parser.add_argument("--seed", type=int, default=0, help="seed of PGD's random starts")
+    parser.add_argument("--execution", choices=("float32", "float64"), default=None,
+                        help="the precision whose executions the verdict covers (default: the ONNX file's dtype)")
 
 
 def run(args):
@@ -40,7 +43,7 @@ def run(args):
     disjuncts = read_vnnlib(args.property)
     try:
         outcome = verify(net, disjuncts, domains=names, timeout=args.timeout, complete=args.complete,
-                         seed=args.seed)
+                         seed=args.seed, execution=args.execution)
     except ValueError as err:
         raise ValueError(f"{args.property} does not fit {args.net}: {err}") from err
     print(outcome.status)

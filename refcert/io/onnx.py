@@ -219,6 +219,10 @@ def load_onnx(path, dtype: str = "float32") -> nn.Sequential:
         root = root.prev
     net.onnx_input_shape, net.input_shape = tuple(dims), root.shape
     net.onnx_output_shape, net.input_permutation = (1,) + out.logical, importer.input_permutation
+    try:  # the precision the file is executed in (onnxruntime): what verify's guarantee covers by default
+        net.onnx_dtype = str(onnx.helper.tensor_dtype_to_np_dtype(inputs[0].type.tensor_type.elem_type))
+    except Exception:  # an undeclared element type
+        net.onnx_dtype = "float32"
     return net
 
 

@@ -6,14 +6,20 @@ counterexample exists, ``unsat`` that the property holds (REFERENCES.md, "Exchan
 VNN-COMP's reference tooling:  ``[(lower, upper, [(C, d), ...]), ...]``  — the input box
 lower ≤ x ≤ upper together with ANY of the output polytopes  C y ≤ d  (C (k, outputs), d (k,)).
 Supported: ``declare-const``, ``assert`` of ``<= >= < > =`` between linear terms (``+ - *``, numbers,
-variables), ``and``, ``or`` (expanded to DNF).  Strict inequalities are read as non-strict (the closure
-of the unsafe set: "unsat" stays sound).  Errors name the file, line and column.
+variables), ``and``, ``or`` (expanded to DNF).  Errors name the file, line and column.
+
+Numbers are read exactly (decimal → ``fractions.Fraction``); NaN and infinities are refused.  The float
+arrays are rounded *outward* (the input box contains the real one), and each disjunct and each (C, d)
+carry what a sound decision needs (``Disjunct``, ``Constraint``): the exact box, ``d`` rounded both ways,
+which rows are strict (``<``, ``>``: the unsafe set is then open), and whether C is exact in float64.
 """
 from __future__ import annotations
 
 import bisect
 import itertools
 import re
+from decimal import Decimal
+from fractions import Fraction
 
 import numpy as np
 
@@ -82,47 +88,52 @@ def _linear(expr, names, where):
     """A linear term as ({variable: coefficient}, constant)."""
     if isinstance(expr, _Token):
         if expr in names:
-            return {str(expr): 1.0}, 0.0
+            return {str(expr): Fraction(1)}, Fraction(0)
         try:
-            return {}, float(expr)
-        except ValueError:
-            raise _error(where, expr, f"undeclared variable or bad number {str(expr)!r}") from None
+            return {}, Fraction(str(expr))
+        except (ValueError, ZeroDivisionError):
+            raise _error(where, expr, f"undeclared variable or bad number {str(expr)!r} "
+                                      f"(numbers must be finite decimals)") from None
     if not expr:
         raise _error(where, expr.token, "empty term '()'")
     head, args = expr[0], [_linear(a, names, where) for a in expr[1:]]
     if head == "+" or (head == "-" and len(args) != 1):
-        sign = [1.0] + [1.0 if head == "+" else -1.0] * (len(args) - 1)
+        sign = [1] + [1 if head == "+" else -1] * (len(args) - 1)
         return _combine(args, sign)
     if head == "-":
-        return _combine(args, [-1.0])
+        return _combine(args, [-1])
     if head == "*":
         constants = [a for a in args if not a[0]]
         if len(constants) < len(args) - 1:
             raise _error(where, head, "product of two variables is not linear")
-        factor = float(np.prod([a[1] for a in constants]))
-        rest = [a for a in args if a[0]] or [({}, 1.0)]
+        factor = Fraction(1)
+        for constant in constants:
+            factor *= constant[1]
+        rest = [a for a in args if a[0]] or [({}, Fraction(1))]
         return {k: factor * v for k, v in rest[0][0].items()}, factor * rest[0][1]
     raise _error(where, head, f"unsupported term operator {str(head)!r}")
 
 
 def _combine(args, signs):
-    coefficients, constant = {}, 0.0
+    coefficients, constant = {}, Fraction(0)
     for (terms, value), sign in zip(args, signs):
         for name, coefficient in terms.items():
-            coefficients[name] = coefficients.get(name, 0.0) + sign * coefficient
+            coefficients[name] = coefficients.get(name, 0) + sign * coefficient
         constant += sign * value
     return coefficients, constant
 
 
 def _atoms(expr, names, where):
-    """(terms, constant) meaning  terms·v + constant ≤ 0, for one comparison."""
+    """(terms, constant, strict) meaning  terms·v + constant ≤ 0 (< 0 if strict), for one comparison."""
     if isinstance(expr, _Token) or len(expr) != 3 or expr[0] not in ("<=", ">=", "<", ">", "="):
         raise _error(where, _position(expr), "expected a comparison (<= a b), (>= a b) or (= a b)")
     (ta, ca), (tb, cb) = _linear(expr[1], names, where), _linear(expr[2], names, where)
-    a_minus_b = _combine([(ta, ca), (tb, cb)], [1.0, -1.0])
-    b_minus_a = _combine([(ta, ca), (tb, cb)], [-1.0, 1.0])
+    a_minus_b = _combine([(ta, ca), (tb, cb)], [1, -1])
+    b_minus_a = _combine([(ta, ca), (tb, cb)], [-1, 1])
+    op = str(expr[0])
+    strict = op in ("<", ">")
     return {"<=": [a_minus_b], "<": [a_minus_b], ">=": [b_minus_a], ">": [b_minus_a]}.get(
-        str(expr[0]), [a_minus_b, b_minus_a])
+        op, [a_minus_b, b_minus_a]), strict
 
 
 def _dnf(expr, names, where):
@@ -132,7 +143,8 @@ def _dnf(expr, names, where):
         return [sum(combo, []) for combo in itertools.product(*parts)]
     if isinstance(expr, _SExpr) and expr and expr[0] == "or":
         return [d for e in expr[1:] for d in _dnf(e, names, where)]
-    return [_atoms(expr, names, where)]
+    atoms, strict = _atoms(expr, names, where)
+    return [[(terms, constant, strict) for terms, constant in atoms]]
 
 
 def _read_text(path):
@@ -144,8 +156,43 @@ def _read_text(path):
         raise VnnlibError(f"{path}: cannot read ({err})") from err
 
 
+class Disjunct(tuple):
+    """(lower, upper, [Constraint, ...]): the float box rounded outward; ``exact_lower``/``exact_upper``
+    the real box (lists of Fractions), for membership tests and inward rounding."""
+    exact_lower: list
+    exact_upper: list
+
+
+class Constraint(tuple):
+    """(C, d): the unsafe rows C y ≤ d (float64).  ``strict`` (k,) bool: the row is C y < d;
+    ``d_lower`` ≤ d_real ≤ ``d_upper`` (float64); ``exact_rows`` (k,) bool: C's row is exact in float64."""
+    strict: np.ndarray
+    d_lower: np.ndarray
+    d_upper: np.ndarray
+    exact_rows: np.ndarray
+
+
+def rounded(value: Fraction, direction: int) -> float:
+    """The float64 nearest ``value`` on the side ``direction`` (+1: ≥ value, −1: ≤ value)."""
+    x = float(value)
+    if direction > 0 and Fraction(x) < value:
+        x = float(np.nextafter(x, np.inf))
+    if direction < 0 and Fraction(x) > value:
+        x = float(np.nextafter(x, -np.inf))
+    return x + 0.0  # no -0.0
+
+
+def constraint(C, d, strict=None) -> Constraint:
+    """A Constraint from float arrays (C, d) read as exact (for writers and tests); rows non-strict by default."""
+    C, d = np.atleast_2d(np.asarray(C, dtype=np.float64)), np.asarray(d, dtype=np.float64).reshape(-1)
+    out = Constraint((C, d))
+    out.strict = np.zeros(d.size, bool) if strict is None else np.asarray(strict, bool).reshape(-1)
+    out.d_lower, out.d_upper, out.exact_rows = d.copy(), d.copy(), np.ones(d.size, bool)
+    return out
+
+
 def read_vnnlib(path):
-    """The unsafe set of a VNN-LIB file: a list of (lower, upper, [(C, d), ...]) (module docstring)."""
+    """The unsafe set of a VNN-LIB file: a list of Disjunct (lower, upper, [Constraint (C, d), ...])."""
     where, text = _read_text(path)
     names, inputs, outputs, formula = set(), [], [], [[]]
     for command in parse_sexpressions(text, where):
@@ -172,35 +219,47 @@ def read_vnnlib(path):
         raise VnnlibError(f"{where}: variables must be X_0..X_{{n-1}} and Y_0..Y_{{m-1}} without gaps")
     grouped = {}
     for conjunct in formula:
-        lower, upper = np.full(n_in, -np.inf), np.full(n_in, np.inf)
-        rows, rhs = [], []
-        for terms, constant in conjunct:
+        lower, upper = [None] * n_in, [None] * n_in
+        rows, rhs, strict = [], [], []
+        for terms, constant, is_strict in conjunct:
             on_x = [k for k in terms if k[0] == "X" and terms[k] != 0]
             if on_x and len(terms) == 1:
                 index, a = int(on_x[0][2:]), terms[on_x[0]]
+                bound = -constant / a  # a strict bound on an input is read as non-strict (its closure)
                 if a > 0:
-                    upper[index] = min(upper[index], -constant / a + 0.0)  # + 0.0: no -0.0 bounds
+                    upper[index] = bound if upper[index] is None else min(upper[index], bound)
                 else:
-                    lower[index] = max(lower[index], -constant / a + 0.0)
+                    lower[index] = bound if lower[index] is None else max(lower[index], bound)
             elif on_x:
                 raise VnnlibError(f"{where}: constraint {terms} mixes inputs with other variables (unsupported)")
             else:
-                row = np.zeros(n_out)
+                row = [Fraction(0)] * n_out
                 for name, coefficient in terms.items():
                     row[int(name[2:])] += coefficient
                 rows.append(row)
-                rhs.append(0.0 - constant)
-        if not (np.all(np.isfinite(lower)) and np.all(np.isfinite(upper))):
-            missing = np.flatnonzero(~(np.isfinite(lower) & np.isfinite(upper)))
-            raise VnnlibError(f"{where}: inputs X_{missing[0]} (and {missing.size - 1} more) lack a lower or upper bound")
-        key = (lower.tobytes(), upper.tobytes())
-        entry = grouped.setdefault(key, (lower, upper, []))
-        entry[2].append((np.asarray(rows).reshape(len(rows), n_out), np.asarray(rhs, dtype=np.float64)))
+                rhs.append(-constant)
+                strict.append(is_strict)
+        missing = [i for i in range(n_in) if lower[i] is None or upper[i] is None]
+        if missing:
+            raise VnnlibError(f"{where}: inputs X_{missing[0]} (and {len(missing) - 1} more) lack a lower or upper bound")
+        key = (tuple(lower), tuple(upper))
+        if key not in grouped:
+            box = Disjunct((np.array([rounded(q, -1) for q in lower]), np.array([rounded(q, +1) for q in upper]), []))
+            box.exact_lower, box.exact_upper = lower, upper
+            grouped[key] = box
+        C = np.array([[float(c) for c in row] for row in rows], dtype=np.float64).reshape(len(rows), n_out)
+        entry = Constraint((C, np.array([float(v) for v in rhs], dtype=np.float64)))
+        entry.strict = np.array(strict, dtype=bool)
+        entry.d_lower = np.array([rounded(v, -1) for v in rhs], dtype=np.float64)
+        entry.d_upper = np.array([rounded(v, +1) for v in rhs], dtype=np.float64)
+        entry.exact_rows = np.array([all(Fraction(float(c)) == c for c in row) for row in rows], dtype=bool)
+        grouped[key][2].append(entry)
     return list(grouped.values())
 
 
 def _number(value):
-    return np.format_float_positional(float(value), unique=True, trim="0")
+    """The exact decimal of a float (a reader that parses decimals exactly gets the same number back)."""
+    return str(Decimal(float(value) + 0.0))
 
 
 def _row_text(row, rhs):
