@@ -123,16 +123,18 @@ def execution_dtype(parameter_dtype=None, computation_dtype=None):
 def error_factor(n: int, computation_dtype, execution=None) -> float:
     """The factor F in the error radius F·(|A| M + |b|) of one transformer with at most n terms per sum.
 
-    F = 2(γₙ₊₄ + γₙ₊₃^exec): γₙ₊₁ bounds the computed affine image, a few more roundings cover turning
-    it into bounds (c ± r, mid-point and radius of the next input), γₙ₊₃^exec (weights cast to the
-    execution precision, n products and sums, the bias) any execution; the factor 2 covers computing the
-    radius itself (every rounding in it can shrink it by at most (1 − u), proofs/floating_point.md §2).
+    F = (γₙ₊₆ + γₙ₊₃^exec)·(1 + 2γₙ₊₆): γₙ₊₁ bounds the computed affine image, five more roundings cover
+    turning it into bounds (the input's mid-point and radius, c ± r, adding the radius), γₙ₊₃^exec (weights
+    cast to the execution precision, n products and sums, the bias) any execution; the last factor covers
+    computing the radius itself in floats: its n + 3 roundings of non-negative numbers shrink it by at most
+    (1 − γₙ₊₃) (proofs/floating_point.md §2).
     """
-    return 2.0 * (gamma(n + 4, computation_dtype) + gamma(n + 3, execution))
+    first_order = gamma(n + 6, computation_dtype) + gamma(n + 3, execution)
+    return first_order * (1.0 + 2.0 * gamma(n + 6, computation_dtype))
 
 
 def radius(magnitude, n: int, *, execution="auto", count: int = 1):
-    """The error radius of a transformer: F·m + (2n + 8)·count·(tiny_c + tiny_e), a constant Tensor.
+    """The error radius of a transformer: F·m + (2n + 12)·count·(tiny_c + tiny_e), a constant Tensor.
 
     ``magnitude`` m ≥ 0 (Tensor) is |A| M + |b| computed in floats: A the layer's linear map, M ≥ |x| a
     bound on its input, b its constant; ``n`` bounds the number of terms of every sum; ``count`` the
@@ -145,7 +147,7 @@ def radius(magnitude, n: int, *, execution="auto", count: int = 1):
     value = getattr(magnitude, "value", magnitude)
     dtype = value.dtype
     execution = execution_dtype(None, dtype) if execution == "auto" else execution
-    floor = (2 * n + 8) * count * (tiny(dtype) + tiny(execution))
+    floor = (2 * n + 12) * count * (tiny(dtype) + tiny(execution))
     return ad.Tensor(value * error_factor(n, dtype, execution) + floor)
 
 
@@ -178,6 +180,14 @@ def down(t):
 def widen(lower, upper):
     """(down(lower), up(upper)): the bounds after their last rounding, made outward."""
     return down(lower), up(upper)
+
+
+def compensate(t, n: int):
+    """t·(1 + 2γₙ): an upper bound of a non-negative quantity whose float value t came from at most n
+    roundings of non-negative numbers (each can only have shrunk it by a factor ≥ 1 − u)."""
+    if not policy().sound:
+        return t
+    return t * (1.0 + 2.0 * gamma(n + 1, getattr(t, "dtype", np.float64)))
 
 
 def sum_up(t, n: int):

@@ -17,7 +17,7 @@ Floating point (proofs/floating_point.md §5): every step carries ``slack`` ≥ 
 ``floor`` (per batch element) such that the step's inequality holds for the *computed* lam' and constant
 up to |lam|·slack + floor: the error of computing lam' and the constant in floats, plus, for affine steps,
 the error of any execution of the layer.  ``substitute`` adds these up in S, and ``lower_bounds``
-subtracts 2S and the error of its own final sums, rounding the result down.  Without the sound policy the
+subtracts S (compensated for its own rounding) and the error of its own final sums, rounding down.  Without the sound policy the
 slacks are None and nothing is added.
 
 Only the *lower* rule exists here: an upper bound of lam·x is −(lower bound of −lam·x), so ``bounds``
@@ -208,8 +208,8 @@ def _plus(a, b):
 def lower_bounds(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Tensor) -> Tensor:
     """Lower bounds (batch, rows) of lam·x_top over the input box: substitute to the input, then
     min over the box of lam'·x = Σ max(lam',0)·l + min(lam',0)·u = lam'·u + max(lam',0)·(l − u)
-    (proofs/deeppoly.md §1).  Sound policy: minus 2S (S's own sums can only have shrunk it, by less than
-    half) and fp's radius of these last sums, rounded down (proofs/floating_point.md §5)."""
+    (proofs/deeppoly.md §1).  Sound policy: minus S (compensated for the rounding of its own sums) and fp's
+    radius of these last sums, rounded down (proofs/floating_point.md §5)."""
     lam, c, slack = substitute(lam, steps)
     bound = _dot_features(lam, input_upper) + _dot_features(ad.relu(lam), input_lower - input_upper)
     bound = bound if c is None else bound + c
@@ -220,11 +220,18 @@ def lower_bounds(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Te
         size = _size(input_lower.shape[1:])
         last = _dot_features(ad.abs(lam), scale)
         last = last if c is None else last + ad.abs(c)
-        last = last if slack is None else last + 2.0 * slack
+        if slack is not None:  # S's float sums (≤ largest layer + steps roundings) only shrank it
+            slack = fp.compensate(slack, max(size, _largest_layer(steps)) + 2 * _count(steps) + 2)
+            last = last + slack
         error = fp.radius(last, size + 2, execution=None)
         if slack is not None:
-            error = error + 2.0 * slack
+            error = error + slack
     return fp.down(bound - error)
+
+
+def _count(steps: tuple) -> int:
+    """Number of steps, residual branches included."""
+    return sum(_count(s.block) + _count(s.shortcut) + 1 if isinstance(s, ResidualStep) else 1 for s in steps)
 
 
 def _size(shape) -> int:
