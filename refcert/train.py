@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from refcert import attacks, domains, optim, spec
+from refcert import attacks, domains, fp, optim, spec
 from refcert import autodiff as ad
 from refcert.autodiff import Tensor
 from refcert.checkpoint import load_checkpoint, save_checkpoint
@@ -56,6 +56,8 @@ class TrainConfig:
     clip_grad: float = 1.0        # gradient-norm clip (0: off)
     pgd_steps: int = 7            # pgd method: attack steps per batch
     seed: int = 0                 # data order and PGD starts
+    sound: bool = False           # abstract loss with refcert.fp's rounding-error radii (slower; a loss
+                                  # needs no certificate, so training computes in plain arithmetic)
 
     def check(self) -> "TrainConfig":
         if self.method not in METHODS:
@@ -112,14 +114,15 @@ def batch_loss(net, x, y, config: TrainConfig, ramp: float, rng) -> tuple[Tensor
     clean = ad.cross_entropy(logits, y)
     if config.method == "standard" or kappa == 0:
         return clean, logits
-    if config.method == "diffai":
-        lower = spec.margin_bounds(net, domains.get(config.domain).linf_ball(x, eps), y)
-    else:  # crown-ibp: beta falls 1 -> 0 as the ramp proceeds
-        beta = 1.0 - ramp
-        lower = spec.margin_bounds(net, domains.get("box").linf_ball(x, eps), y)
-        if beta > 0:
-            crown = spec.margin_bounds(net, domains.get("crown-ibp").linf_ball(x, eps), y)
-            lower = beta * crown + (1.0 - beta) * lower
+    with fp.use(sound=config.sound):
+        if config.method == "diffai":
+            lower = spec.margin_bounds(net, domains.get(config.domain).linf_ball(x, eps), y)
+        else:  # crown-ibp: beta falls 1 -> 0 as the ramp proceeds
+            beta = 1.0 - ramp
+            lower = spec.margin_bounds(net, domains.get("box").linf_ball(x, eps), y)
+            if beta > 0:
+                crown = spec.margin_bounds(net, domains.get("crown-ibp").linf_ball(x, eps), y)
+                lower = beta * crown + (1.0 - beta) * lower
     return (1.0 - kappa) * clean + kappa * abstract_loss(lower, config.loss_form), logits
 
 
@@ -227,8 +230,9 @@ def progress_bar(total: int, desc: str):
 
 def _check_same_config(saved: dict, config: TrainConfig, path):
     current = dataclasses.asdict(config)
-    differ = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in current.items()
-              if k != "epochs" and saved.get(k) != v]
+    defaults = dataclasses.asdict(TrainConfig())  # settings added since the checkpoint took their default
+    differ = [f"{k}: checkpoint {saved.get(k, defaults[k])!r}, now {v!r}" for k, v in current.items()
+              if k != "epochs" and saved.get(k, defaults[k]) != v]
     if differ:
         raise ValueError(f"{path}: cannot resume with different settings ({'; '.join(differ)})")
 

@@ -36,6 +36,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of PGD's random starts")
     parser.add_argument("--pgd-steps", type=int, default=40, help="PGD steps per undecided input (default 40)")
     parser.add_argument("--no-attack", action="store_true", help="skip PGD: verdicts only verified/unknown")
+    parser.add_argument("--execution", choices=("float32", "float64"), default=None,
+                        help="the precision whose executions 'verified' covers (default: the net's dtype)")
 
 
 def load_inputs(path: str):
@@ -138,7 +140,8 @@ def run(args):
     rng = np.random.default_rng(args.seed)
     for start in range(0, len(x), chunk):  # chunks only drive the progress bar; certify batches itself
         part = certify(net, x[start:start + chunk], y[start:start + chunk], args.eps, domain=names,
-                       attack=not args.no_attack, pgd_steps=args.pgd_steps, batch_size=args.batch_size, rng=rng)
+                       attack=not args.no_attack, pgd_steps=args.pgd_steps, batch_size=args.batch_size, rng=rng,
+                       execution=args.execution)
         for name in names:
             results[name].append(part[name])
         progress.update(len(part[names[0]].verdicts) * len(names))
