@@ -9,8 +9,9 @@ exact numbers.  Verdicts (the guarantee: proofs/floating_point.md, README "What 
   net's dtype), in any summation order, give t a strictly positive margin on S.  The bound must not
   exceed the concrete margin at x (impossible for a sound domain; if it happens we raise);
 - ``falsified``: a point of S (checked exactly, no tolerance) — x itself, else one found by PGD inside
-  the inward-rounded ball — at which a sound Box bound of y_t − y_j is ≤ 0 for some j ≠ t: the point is
-  misclassified (or tied) in real arithmetic and in every execution;
+  the inward-rounded ball — that refutes the guarantee: the real network gives it a margin ≤ 0 (a sound
+  bound at the point, in real arithmetic), or an execution in the ``execution`` precision does (a fresh
+  forward pass in that precision);
 - ``unknown``: neither.
 """
 from __future__ import annotations
@@ -128,19 +129,36 @@ def _expected(net) -> str:
     return ""
 
 
-def _surely_misclassified(net, points, labels, n_classes: int, batch_size: int) -> np.ndarray:
-    """(N,) bool: a sound Box bound of y_t − y_j at the single point is ≤ 0 for some j ≠ t, so the point is
-    misclassified or tied in real arithmetic and in every execution in the policy's precision."""
+def _refuting(net, points, labels, n_classes: int, batch_size: int) -> np.ndarray:
+    """(N,) bool: each point refutes the guarantee — (a) the real network gives it a margin ≤ 0 (a sound
+    Box bound at the single point, real arithmetic), or (b) an execution in the policy's precision does
+    (refcert's own forward pass in that precision, on the point as a float of it)."""
     hit = np.zeros(points.shape[0], dtype=bool)
     if n_classes < 2:
         return hit
     box = domains.get("box")
+    execution = fp.policy().execution
+    in_precision = execution in ("float32", "float64") and bool(np.all(points.astype(execution) == points))
+    net_p = _in_precision(net, execution) if in_precision else None
     with ad.no_grad():
         for start in range(0, points.shape[0], batch_size):
-            part = Tensor(points[start:start + batch_size])
-            out = spec.margin_element(net, box.from_bounds(part, part), labels[start:start + batch_size], n_classes)
-            hit[start:start + batch_size] = (out.bounds()[1].numpy() <= 0).any(axis=1)
+            part, part_labels = points[start:start + batch_size], labels[start:start + batch_size]
+            if net_p is not None:
+                hit[start:start + batch_size] = _clean_margins(net_p, part.astype(execution), part_labels,
+                                                               batch_size)[1] <= 0
+            with fp.use(execution="exact"):
+                point = Tensor(part)
+                out = spec.margin_element(net, box.from_bounds(point, point), part_labels, n_classes)
+            hit[start:start + batch_size] |= (out.bounds()[1].numpy() <= 0).any(axis=1)
     return hit
+
+
+def _in_precision(net, dtype: str):
+    """The net with its parameters in ``dtype`` (itself when they already are)."""
+    if nn.parameter_dtype(net) in (None, dtype):
+        return net
+    import copy
+    return copy.deepcopy(net).astype(dtype)
 
 
 def _clean_margins(net, x, labels, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -259,12 +277,12 @@ def _certify_one(net, x, labels, eps, name, clip, attack, steps, restarts, batch
         for i, is_hit in zip(undecided, _misclassified(net, points, labels[undecided], concrete_batch)):
             if is_hit:
                 candidates[i] = attack_points[i]
-    if candidates:  # re-check exactly: a member of the real set, misclassified in every semantics
+    if candidates:  # re-check exactly: a member of the real set that refutes the guarantee
         index = np.array(sorted(candidates), dtype=np.int64)
         points = np.stack([candidates[i] for i in index])
         member = fp.inside(points, x[index], eps, clip)
-        sure = _surely_misclassified(net, points, labels[index], n_classes, concrete_batch)
-        for i, point, ok in zip(index, points, member & sure):
+        refuting = _refuting(net, points, labels[index], n_classes, concrete_batch)
+        for i, point, ok in zip(index, points, member & refuting):
             if ok and verdicts[i] != "verified":
                 verdicts[i], counterexamples[i] = "falsified", point
     return CertifyResult(name, eps, labels, predicted, verdicts, margins, counterexamples, times,

@@ -139,9 +139,9 @@ def _find_counterexample(net, a: np.ndarray, b: np.ndarray, label: int, out) -> 
 
 
 def _surely_wrong(net, a: np.ndarray, b: np.ndarray, t: float, label: int) -> bool:
-    """Is the real point a + t·(b − a) misclassified (or tied) in real arithmetic and in every execution on
-    the floats near it?  A sound Box bound of y_label − y_j over a float box enclosing the point (its
-    rounding error bounded by fp) is ≤ 0 for some j."""
+    """Is the real point a + t·(b − a) misclassified (or tied) by the real network?  A sound Box bound (real
+    arithmetic) of y_label − y_j over a float box enclosing the point (its rounding error bounded by fp)
+    is ≤ 0 for some j."""
     with no_grad():
         x = a + t * (b - a)
         size = np.abs(a) + abs(t) * (np.abs(a) + np.abs(b))
@@ -149,5 +149,6 @@ def _surely_wrong(net, a: np.ndarray, b: np.ndarray, t: float, label: int) -> bo
         error = np.zeros_like(size[None]) if error is None else error.numpy()
         lower, upper = fp.widen(Tensor(x[None] - error), Tensor(x[None] + error))
         element = domains.get("box").from_bounds(lower, upper)
-        bound = spec.margin_element(net, element, [label]).bounds()[1].numpy()
+        with fp.use(execution="exact"):  # the point is real: refute (a), the real network's margin
+            bound = spec.margin_element(net, element, [label]).bounds()[1].numpy()
     return bool((bound <= 0).any())

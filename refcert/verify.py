@@ -13,8 +13,8 @@ disjuncts still open, cheapest method first:
 exactly) and every execution in ``execution`` precision (default: the ONNX file's dtype; VNN-COMP checks
 with onnxruntime in float32): *unsat* needs every disjunct proved by a sound bound (a strict unsafe row
 C_i y < d_i is refuted by a bound ≥ d_i, a non-strict one by a bound > d_i); *sat* needs a point of the
-execution precision inside the real box (exact test) at which a sound Box bound puts every row of one
-disjunct on its unsafe side, so the real network and every execution violate.  An exact MILP's
+execution precision inside the real box (exact test) at which an execution in that precision (refcert's
+own forward pass; what a VNN-COMP checker re-runs) violates every row of one disjunct, compared exactly.  An exact MILP's
 "infeasible" rests on a solver's tolerances, so under the sound policy it proves nothing; ``complete``
 then splits the input box instead (sound domains on the pieces) and uses the MILP to find counterexamples.
 Bounds are computed on a float64 copy of the net.  Boxes are given flat in VNN-LIB (ONNX) order and
@@ -141,23 +141,26 @@ def _inner_box(unit: _Unit, dtype: str):
 
 def _check(net64, net32, unit: _Unit, x, execution: str):
     """(x, y32) if x — moved into the floats of the execution precision that lie in the real box — is a
-    rigorous counterexample: a sound Box bound at the point has every row of C y on its unsafe side
-    (so the real network and every execution violate); else None."""
+    counterexample a VNN-COMP checker confirms: an execution in that precision (refcert's own forward pass)
+    violates every row of the disjunct, compared exactly.  That refutes (b) of the guarantee.  A point
+    where only the real network violates refutes (a) but is no checkable counterexample: None."""
     lower, upper = _inner_box(unit, execution)
-    if np.any(lower > upper):
+    if np.any(lower > upper) or not np.all(unit.spec.exact_rows):
         return None
     x = np.clip(np.asarray(x, dtype=np.float64).reshape(unit.lower.shape).astype(execution), lower, upper)
     y64, y32 = _forward(net64, x.astype(np.float64))[0], _forward(net32, x.astype(np.float32))[0].astype(np.float64)
-    if not (np.all(unit.C @ y64 <= unit.d) and np.all(unit.C @ y32 <= unit.d)):
-        return None  # a cheap screen before the sound check
+    y_p = y32 if execution == "float32" else y64
+    return (x.astype(np.float64), y32) if _violates(unit, [Fraction(float(v)) for v in y_p]) else None
+
+
+def _violates(unit: _Unit, y: list) -> bool:
+    """Exactly: does the output y (Fractions) lie in the disjunct's unsafe polytope?"""
     spec = unit.spec
-    if not np.all(spec.exact_rows):
-        return None
-    point = Tensor(x.astype(np.float64))
-    with fp.use(execution=execution):
-        high = _spec_bounds(net64, domain_registry.get("box").from_bounds(point, point), unit.C)[1]
-    below = np.where(spec.strict, high < spec.d_lower, high <= spec.d_lower)
-    return (x.astype(np.float64), y32) if np.all(below) else None
+    for row, d, strict in zip(unit.C, spec.d_lower, spec.strict):
+        value = sum(Fraction(float(c)) * v for c, v in zip(row, y) if c != 0)
+        if not (value < Fraction(float(d)) if strict else value <= Fraction(float(d))):
+            return False
+    return True
 
 
 def _spec_bounds(net64, element, C):

@@ -156,15 +156,14 @@ def test_complete_proves_by_splitting_what_no_domain_proves_at_once():
     assert outcome.status == "unsat" and outcome.proved_by.get("input splitting") == 1, outcome
 
 
-def test_a_milp_infeasibility_is_no_proof_under_the_sound_policy():
+def test_absorbed_cancellation_is_sat_never_unsat():
     # h = [2⁵⁴x + 1, 2⁵⁴x], y = h1 − h0 = −1 exactly: the unsafe set y ≥ −0.5 is empty in reals, yet float64
     # executions absorb the +1 (y = 0 at x = 0.75): a sound verifier must not say unsat
     net = nn.Sequential(_linear([[2.0**54], [2.0**54]], [1.0, 0.0]), _linear([[-1.0, 1.0]], [0.0]))
     unsafe = [(np.array([0.74]), np.array([0.76]), [(np.array([[-1.0]]), np.array([0.5]))])]
     outcome = verify(net, unsafe, complete=True, execution="float64")
-    assert outcome.status == "unknown", outcome  # neither: the real net is safe, float64 executions are not
-    with fp.use(sound=False):  # without the policy the float pass alone decides: the old, wrong "sat"
-        assert verify(net, unsafe, complete=True, execution="float64").status == "sat"
+    assert outcome.status == "sat", outcome  # the real net is safe, but a float64 execution is not
+    assert outcome.y[0] == 0.0
 
 
 @pytest.mark.parametrize("where", ["weight", "bias", "std", "mean"])

@@ -168,6 +168,7 @@ def test_cli_init_starts_from_the_given_weights(tmp_path, capsys):
     assert code == 1 and "--init" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("plain")  # training bounds are plain (TrainConfig.sound)
 def test_crown_ibp_mixes_bounds_and_ends_as_ibp(mini):
     """beta = 1 - ramp: at the end of the ramp the abstract part is pure IBP (Box) bounds (CROWN-IBP, Eq. 9)."""
     from refcert.train import batch_loss

@@ -116,7 +116,8 @@ def test_violation_only_by_float64_rounding_is_not_sat():
     net.layers[0].params["bias"].value[...] = 0.1
     disjuncts = [(np.zeros(1), np.zeros(1), [(np.ones((1, 1)), np.array([0.1]))])]
     for complete in (False, True):
-        assert verify(net, disjuncts, complete=complete).status == "unknown"
+        assert verify(net, disjuncts, complete=complete, execution="float32").status == "unknown"
+    assert verify(net, disjuncts, execution="float64").status == "sat"  # the float64 execution does violate
 
 
 def test_tiny_timeout_gives_timeout_not_a_verdict():
