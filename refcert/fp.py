@@ -110,7 +110,10 @@ def gamma(n: int, dtype) -> float:
 
 
 def execution_dtype(parameter_dtype=None, computation_dtype=None):
-    """The precision whose evaluations the bounds of a layer must cover (None: real arithmetic only)."""
+    """The precision whose evaluations the bounds of a layer must cover (None: real arithmetic only): the
+    policy's, else the layer's parameter dtype, else (a layer without parameters) the computation's dtype.
+    certify, verify and certify_segment always set the policy to the network's precision; a direct
+    ``interpret.run`` of a float32 net on float64 boxes should do the same (``fp.use(execution=...)``)."""
     chosen = policy().execution
     if chosen == "exact":
         return None

@@ -212,12 +212,15 @@ def _pgd(net64, unit: _Unit, steps, restarts, rng, deadline) -> np.ndarray:
 
 
 def verify(net, disjuncts, domains=DEFAULT_DOMAINS, timeout=None, complete: bool = False, seed: int = 0,
-           attack_steps: int = 50, restarts: int = 4, input_shape=None, execution=None) -> VerifyOutcome:
+           attack_steps: int = 50, restarts: int = 4, input_shape=None, execution=None,
+           confirm=None) -> VerifyOutcome:
     """Decide the unsafe set ``disjuncts`` = [(lower, upper, [(C, d), ...]), ...] on ``net``.
 
     ``input_shape`` (no batch) defaults to ``net.input_shape`` (set by ``load_onnx``), else the box size;
     ``timeout`` seconds of wall clock for the whole run (None: no limit); ``execution`` 'float32' |
-    'float64' (default: ``net.onnx_dtype`` from ``load_onnx``, else the net's dtype).  Raises ValueError
+    'float64' (default: ``net.onnx_dtype`` from ``load_onnx``, else the net's dtype); ``confirm``: an optional
+    second execution, x (flat, ONNX order, execution dtype) -> outputs (flat), that must violate too before
+    ``sat`` (the CLI passes onnxruntime on the file itself, what a VNN-COMP checker runs).  Raises ValueError
     for properties that do not fit the net or a net with non-finite parameters.  Returns a
     ``VerifyOutcome`` (module docstring).
     """
@@ -235,18 +238,24 @@ def verify(net, disjuncts, domains=DEFAULT_DOMAINS, timeout=None, complete: bool
         raise ValueError("verify needs an execution precision (float32 or float64): a counterexample is a float")
     with fp.use(execution=execution):
         return _verify(net, disjuncts, names, began, deadline, complete, seed, attack_steps, restarts,
-                       input_shape, execution)
+                       input_shape, execution, confirm)
 
 
 def _verify(net, disjuncts, names, began, deadline, complete, seed, attack_steps, restarts, input_shape,
-            execution) -> VerifyOutcome:
+            execution, confirm) -> VerifyOutcome:
     net64, net32 = _constant_copy(net, "float64"), _constant_copy(net, "float32")
     perm = getattr(net, "input_permutation", None)
     input_shape = input_shape or getattr(net, "input_shape", None) or (np.size(disjuncts[0][0]) if disjuncts else 0,)
     units = _units(net64, disjuncts, tuple(input_shape), perm)
     proved = {}
     rng = np.random.default_rng(seed)
-    check = lambda unit, x: _check(net64, net32, unit, x, execution)
+    def check(unit, x):
+        found = _check(net64, net32, unit, x, execution)
+        if found is None or confirm is None:
+            return found
+        flat = found[0].reshape(-1) if perm is None else found[0].reshape(-1)[np.argsort(perm)]
+        y = np.asarray(confirm(flat.astype(execution)), dtype=np.float64).reshape(-1)
+        return found if _violates(unit, [Fraction(float(v)) for v in y]) else None
 
     def outcome(status, message, found=None):
         x, y = (None, None) if found is None else found

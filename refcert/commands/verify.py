@@ -1,6 +1,7 @@
 """``refcert verify NET.onnx PROP.vnnlib``: decide a VNN-LIB property, print the verdict, write a VNN-COMP result.
 
-The verdict is ``sat`` (a checked counterexample), ``unsat`` (every disjunct proved infeasible),
+The verdict is ``sat`` (a counterexample checked exactly on refcert's execution and, where onnxruntime is
+installed, on the file itself under onnxruntime), ``unsat`` (every disjunct proved infeasible),
 ``unknown`` or ``timeout``; the exit code is 0 for any verdict and 1 for unreadable or mismatched files.
 See ``refcert.verify`` for the method and its soundness conditions.
 """
@@ -27,6 +28,20 @@ def add_arguments(parser):
                         help="the precision whose executions the verdict covers (default: the ONNX file's dtype)")
 
 
+def _onnxruntime(path, net):
+    """x (flat, ONNX order) -> outputs of the file itself under onnxruntime, or None without onnxruntime."""
+    try:
+        import numpy as np
+        import onnxruntime
+    except ImportError:
+        return None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name, shape = session.get_inputs()[0].name, tuple(net.onnx_input_shape)
+    return lambda x: session.run(None, {name: np.asarray(x, dtype=net.onnx_dtype).reshape(shape)})[0].reshape(-1)
+
+
 def run(args):
     from refcert.io.onnx import load_onnx
     from refcert.io.vnnlib import read_vnnlib, write_result
@@ -43,7 +58,7 @@ def run(args):
     disjuncts = read_vnnlib(args.property)
     try:
         outcome = verify(net, disjuncts, domains=names, timeout=args.timeout, complete=args.complete,
-                         seed=args.seed, execution=args.execution)
+                         seed=args.seed, execution=args.execution, confirm=_onnxruntime(args.net, net))
     except ValueError as err:
         raise ValueError(f"{args.property} does not fit {args.net}: {err}") from err
     print(outcome.status)

@@ -46,7 +46,8 @@ def onnx_model(layers, dtype) -> bytes:
     elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
     nodes, inits, x = [], [], "input"
     for i, (W, b) in enumerate(layers):
-        inits += [numpy_helper.from_array(np.asarray(W, dtype), f"W{i}"), numpy_helper.from_array(np.asarray(b, dtype), f"b{i}")]
+        inits += [numpy_helper.from_array(np.asarray(W, dtype), f"W{i}"),
+                  numpy_helper.from_array(np.asarray(b, dtype), f"b{i}")]
         nodes.append(helper.make_node("Gemm", [x, f"W{i}", f"b{i}"], [f"gemm{i}"], name=f"gemm{i}", transB=1))
         x = f"gemm{i}"
         if i < len(layers) - 1:
@@ -124,7 +125,8 @@ def float_check(case, extra):
 def float_label(case):
     if case.float_method == "empty":
         return "no float in box"
-    return ("violates" if case.float_x is not None else "holds") + (" (sampled)" if case.float_method == "sampled" else "")
+    label = "violates" if case.float_x is not None else "holds"
+    return label + (" (sampled)" if case.float_method == "sampled" else "")
 
 
 # ---- verdicts
@@ -229,6 +231,7 @@ def write_case(case, directory):
     text = vnnlib_text(case)
     atomic_write(paths["prop.vnnlib"], lambda s: s.write(text.encode()))
     info = {"answer": case.answer, "semantics": "real inputs of the real box, real arithmetic, stored weights",
+            "depth": _exact(case.depth),
             "witness": None if case.witness is None else [_exact(v) for v in case.witness],
             "float": {"label": float_label(case), "method": case.float_method, "points": case.float_points,
                       "x": None if case.float_x is None else [float(v) for v in case.float_x]},
@@ -242,7 +245,7 @@ def describe(case):
     """Summary columns of a case (after case, class, answer, verdict, seconds)."""
     return {"quirks": case.spec.quirk + ("-f64" if case.spec.dtype == "float64" else ""), "prop": case.spec.prop,
             "float": float_label(case), "divergent": "yes" if case.divergent else "no",
-            "gap": case.spec.gap, "input_shape": str(case.spec.n_inputs)}
+            "gap": case.spec.gap, "depth": f"{float(case.depth):.3g}", "input_shape": str(case.spec.n_inputs)}
 
 
 def extra_summary(rows):
@@ -251,7 +254,11 @@ def extra_summary(rows):
              "|" + "---|" * (5 + len(CLASSES))]
     for label in sorted({row["quirks"] for row in rows}):
         rs = [row for row in rows if row["quirks"] == label]
-        lines.append(f"| {label} | {len(rs)} | {sum(x['answer'] == 'sat' for x in rs)} | "
-                     f"{sum(x['float'].startswith('violates') for x in rs)} | {sum(x['divergent'] == 'yes' for x in rs)} | "
-                     + " | ".join(str(sum(x["class"] == c for x in rs)) for c in CLASSES) + " |")
+        counts = [len(rs), sum(x["answer"] == "sat" for x in rs), sum(x["float"].startswith("violates") for x in rs),
+                  sum(x["divergent"] == "yes" for x in rs)] + [sum(x["class"] == c for x in rs) for c in CLASSES]
+        lines.append(f"| {label} | " + " | ".join(map(str, counts)) + " |")
+    unsound = [abs(float(x["depth"])) for x in rows if x["class"] == "unsound"]
+    buckets = [sum(v >= 1e-3 for v in unsound), sum(1e-7 <= v < 1e-3 for v in unsound), sum(v < 1e-7 for v in unsound)]
+    lines += ["", "unsound by depth of the real violation: >= 1e-3: {}, 1e-7..1e-3: {}, < 1e-7 (ties included): {}"
+              .format(*buckets)]
     return "\n".join(lines)

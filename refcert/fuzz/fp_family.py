@@ -13,14 +13,16 @@ execution of the file (in its dtype) violates the property at some float input o
 
 Constructions (``QUIRKS``); the property is on output ``target``; u is the input x or, with ``deep``,
 relu(x + o) computed by an extra layer; σ = ±1 and the neuron order are random:
-  absorption    y = w (s u + a)^+ + σ B − σ B   (B a constant bias, ulp(B) >= 1/2, swallows the small term)
+  absorption    y = w (s u + a)^+ + σ B − σ B   (B a constant bias, ulp(B) >= 1, swallows the small term)
   cancellation  y = σ ((K u0 + v u1 + c)^+ − (K u0)^+)   (K ≈ 2^p: real c + v u1, float K u0 + c rounded)
   near_tie      an ordinary random 2–4 neuron layer; only the threshold is the quirk
-  tiny_box      a box narrower than one ulp around c (holding one float or none); y = σ (g Σ ±(u_i − c_i))^+,
-                g = 2^k with g · width ≈ 1
+  tiny_box      a box of width 10^-5..10^-10 (float64: ..10^-18) around c, often narrower than one ulp
+                (holding one float or none); y = σ (g Σ ±(u_i − c_i))^+, g = 2^k with g · width ≈ 1
+  tiny_scale    an ordinary box, hidden neurons 2^-k (s u + a) (k = 17..40: ranges below 10^-5) and output
+                weights 2^k w: the real outputs are O(1), the hidden values tiny
   huge_bias     y = σ ((s u + v u1 + a + B)^+ − (B)^+), B = 2^30..2^120 (2^70..2^1000 in float64): the
-                real function is s u + a, absorbed even in float64 arithmetic
-The threshold is the exact optimum of y over the box (min for 'le', max for 'ge' and 'band') moved
+                real function is s u + v u1 + (fl(a + B) − B), absorbed even in float64 arithmetic
+The threshold is the exact optimum of y over the box (min for 'le', max for 'ge', either for 'band') moved
 by a gap toward the sat side (side = +1) or the unsat side (−1): 'tie' (none), 'ulp64' / 'ulp32' (1–4 ulps
 of the optimum), 'abs' (10^-4..10^-10), 'quirk' (the construction's own scale, e.g. ulp(B)/2).
 'cmp_le' / 'cmp_ge' put the threshold into the network (a constant output, a float) and compare outputs.
@@ -34,7 +36,7 @@ import numpy as np
 
 from refcert.fuzz import rational as r
 
-QUIRKS = ("absorption", "cancellation", "near_tie", "tiny_box", "huge_bias")
+QUIRKS = ("absorption", "cancellation", "near_tie", "tiny_box", "tiny_scale", "huge_bias")
 PROPS = ("le", "ge", "band", "cmp_le", "cmp_ge")
 GAPS = ("tie", "ulp64", "ulp32", "abs", "quirk")
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -85,6 +87,8 @@ class FpCase:
     float_x: np.ndarray | None   # a float input of the box where onnxruntime violates, or None
     float_method: str        # 'exhaustive' (every float of the box), 'sampled', or 'empty' (no float in the box)
     float_points: int        # how many float inputs were evaluated
+    depth: Fraction = Fraction(0)   # max over region vertices of min_k (d − C y)_k: how deep the real
+                                    # violation goes (< 0: how far from one; exact for one-row properties)
 
     @property
     def dtype(self):
@@ -161,7 +165,7 @@ def _near_tie(rng, dt, p, n):
 
 
 def _tiny_box(rng, dt, p, n):
-    exponent = int(rng.integers(8, 11)) if dt == np.float32 else int(rng.integers(17, 19))
+    exponent = int(rng.integers(5, 11)) if dt == np.float32 else int(rng.integers(5, 19))
     width = Fraction(1, 10 ** exponent)
     g = dt(2.0 ** (round(np.log2(10.0 ** exponent)) + int(rng.integers(-2, 3))))
     box, row, bias = [], [], Fraction(0)
@@ -175,6 +179,15 @@ def _tiny_box(rng, dt, p, n):
         row.append(s * g)
         bias -= Fraction(float(s * g)) * Fraction(float(c))       # exact: g is a power of two
     return _core(rng, dt, [row], [float(bias)], [_sign(rng)], 0.0, box, Fraction(float(g)) * width / 8)
+
+
+def _tiny_scale(rng, dt, p, n):
+    k = int(rng.integers(17, 41))
+    width = int(rng.integers(1, 3))
+    W = [[2.0 ** -k * rng.uniform(-2, 2) for _ in range(n)] for _ in range(width)]
+    b = [2.0 ** -k * rng.uniform(-1, 1) for _ in range(width)]
+    w_out = [2.0 ** k * rng.uniform(-2, 2) for _ in range(width)]
+    return _core(rng, dt, W, b, w_out, rng.uniform(-0.5, 0.5), _box(rng, n), Fraction(1, 16))
 
 
 def _huge_bias(rng, dt, p, n):
@@ -199,7 +212,7 @@ def _core(rng, dt, W, b, w_out, b_out, box, scale):
 
 
 CONSTRUCTIONS = {"absorption": _absorption, "cancellation": _cancellation, "near_tie": _near_tie,
-                 "tiny_box": _tiny_box, "huge_bias": _huge_bias}
+                 "tiny_box": _tiny_box, "tiny_scale": _tiny_scale, "huge_bias": _huge_bias}
 
 
 def network(spec: FpSpec, core: Core, threshold=0.0):
@@ -297,8 +310,9 @@ def build(spec: FpSpec) -> FpCase:
         layers = network(spec, core, constant)
         items = r.regions(r.to_fractions(layers), lower, upper)
     witness, corners = r.solve(items, C, d)
+    depth = -min(fp_check.margin(C, d, r.forward(r.to_fractions(layers), v)) for v in r.vertices(items) + corners)
     case = FpCase(spec, layers, fp_check.onnx_model(layers, dt), lower, upper, core.box, atoms, C, d,
-                  "sat" if witness is not None else "unsat", witness, None, "", 0)
+                  "sat" if witness is not None else "unsat", witness, None, "", 0, depth)
     extra = r.vertices(items) + corners + ([witness] if witness is not None else [])
     case.float_x, case.float_method, case.float_points = fp_check.float_check(case, extra)
     return case
