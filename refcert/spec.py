@@ -99,13 +99,7 @@ def margin_element(net, element, labels, n_classes: int | None = None):
     if n == 1:  # a single class: nothing to confuse it with
         return Tensor(np.zeros((labels.shape[0], 0)))
     execution = fp.policy().execution or nn.parameter_dtype(net) if hasattr(net, "params") else fp.policy().execution
-    out = _run(net, element, labels, n, execution)
-    from refcert.domains.line import LineElement
-    if isinstance(element, LineElement) and fp.policy().sound:  # line parts are float approximations:
-        from refcert.domains import line_certify                 # re-bound every part's piece soundly
-        rerun = lambda piece, item: _run(net, piece, labels if item is None else labels[item], n, execution)
-        return line_certify.confirm(rerun, element, out)
-    return out
+    return _run(net, element, labels, n, execution)
 
 
 def _run(net, element, labels, n: int, execution):

@@ -14,14 +14,15 @@ This module gives the tests what they need to check that with zero tolerance:
   (``mpmath`` interval arithmetic at 300 bits), so every value is an ``Interval`` of Fractions.
 * ``float_forward(net, points, order)``: the forward pass in the points' dtype where every dot product
   and window sum is computed in one of ``ORDERS`` (NumPy's matmul, left to right, right to left,
-  pairwise halving, sorted by magnitude either way, a chain of fused multiply-adds) and every
-  elementwise op in the dtype; sigmoid as 1/(1 + exp(-x)).  ``onnxruntime_forward`` runs the exported
-  ONNX model (None where onnx/onnxruntime or a kernel for the dtype is missing).
+  pairwise halving, sorted by magnitude either way, a chain of fused multiply-adds, each rounded once
+  by ``fma``) and every elementwise op in the dtype; sigmoid as 1/(1 + exp(-x)).  ``refcert_forward``
+  is refcert's own pass; ``onnxruntime_forward`` runs the exported ONNX model (None where
+  onnx/onnxruntime or a kernel for the dtype is missing).  ``round_to`` rounds a Fraction correctly.
 * ``real_box``/``real_ball`` (the input set as exact rationals), ``sample_points`` (corners, rational
   interior points, the floats of the dtype nearest the ends inside the set, random floats), and
-  ``Evidence``: the exact and float outputs of the sampled points of one element, checked against any
-  number of domains' bounds (``Evidence.violations``) with a float64 filter and an exact fallback,
-  so each point is evaluated once and the comparison itself never rounds.
+  ``gather_evidence``/``Evidence``: the exact and float outputs of the sampled points of one element,
+  checked against any number of domains' bounds (``Evidence.violations``) with a float64 filter and an
+  exact fallback, so each point is evaluated once and the comparison itself never rounds.
 
 Layer semantics follow refcert/nn.py, refcert/domains/point.py and refcert/autodiff_conv.py: linear
 y = x Wᵀ + b; conv2d is NCHW cross-correlation with weight (O, C, kh, kw), stride and zero padding;
@@ -40,8 +41,6 @@ from fractions import Fraction
 import numpy as np
 
 ORDERS = ("matmul", "sequential", "reversed", "pairwise", "ascending", "descending", "fma")
-#: the orders cheap enough for many points (``fma`` rounds every step through Fractions)
-FAST_ORDERS = ORDERS[:-1]
 
 # --- walking a network ---------------------------------------------------------------------------
 
@@ -192,7 +191,7 @@ def _mpf_fraction(mpf_tuple) -> Fraction:
         if bc != 0 or exp != 0:
             raise ValueError(f"not a finite number: {mpf_tuple}")
         return Fraction(0)
-    value = Fraction(man) * Fraction(2) ** exp
+    value = Fraction(int(man)) * Fraction(2) ** int(exp)   # int(): mpmath may hold gmpy2 integers
     return -value if sign else value
 
 
@@ -348,19 +347,62 @@ def sum_terms(terms, order):
     raise ValueError(f"unknown summation order {order!r}; choose one of {ORDERS}")
 
 
-def _fma_dot(x, weight, bias):
-    """acc = bias (or 0); acc = fl(x_k w_k + acc) for k = 0, 1, ..., each step rounded once (an FMA chain).
+def _two_sum(a, b):
+    """s = fl(a + b) and the exact error e = a + b − s (Knuth's 2Sum; no overflow assumed)."""
+    s = a + b
+    bb = s - a
+    return s, (a - (s - bb)) + (b - bb)
 
-    x (..., K), weight (O, K) -> (..., O)."""
-    dtype = x.dtype
-    start = np.zeros(x.shape[:-1] + weight.shape[:1], dtype) if bias is None else \
-        np.broadcast_to(bias.astype(dtype), x.shape[:-1] + weight.shape[:1])
-    acc = to_fractions(start)
-    xs, ws = to_fractions(x), to_fractions(weight)
+
+def _two_product(a, b):
+    """p = fl(a b) and the exact error a b − p (Dekker/Veltkamp, float64; exact without under/overflow)."""
+    p = a * b
+    split = 134217729.0 * a, 134217729.0 * b           # 2^27 + 1
+    ah, bh = split[0] - (split[0] - a), split[1] - (split[1] - b)
+    al, bl = a - ah, b - bh
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def _round_to_odd_sum(a, b):
+    """a + b rounded to odd in float64: fl(a + b) when exact, else whichever neighbour has an odd
+    significand (Boldo & Melquiond; rounding it again to nearest in any precision ≤ 51 bits is the
+    correct rounding of a + b)."""
+    s, e = _two_sum(a, b)
+    even = (s.view(np.int64) & 1) == 0
+    return np.where((e != 0) & even, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s)
+
+
+def fma(a, b, c):
+    """fl(a b + c) rounded once, elementwise, in the dtype of the float arrays a, b, c (float32/float64).
+
+    float32: a b is exact in float64, and round-to-odd in float64 then to float32 rounds correctly.
+    float64: Boldo & Melquiond's emulation (IEEE TC 2008, "Emulation of FMA and correctly rounded sums",
+    Alg. 5): (uh, ul) = a b exactly, (th, tl) = c + uh exactly, fl(th + RO(tl + ul)); elements where the
+    error-free transforms could under- or overflow are redone with Fractions."""
+    a, b, c = np.broadcast_arrays(a, b, c)
+    dtype = a.dtype
+    if dtype == np.float32:
+        return _round_to_odd_sum(a.astype(np.float64) * b, c.astype(np.float64)).astype(np.float32)
+    uh, ul = _two_product(a, b)
+    th, tl = _two_sum(c, uh)
+    out = th + _round_to_odd_sum(tl, ul)
+    product = np.abs(uh)
+    risky = ((product < 2.0**-950) & (a != 0) & (b != 0)) | (np.maximum(np.abs(a), np.abs(b)) > 2.0**990) \
+        | (product > 2.0**990) | (np.abs(c) > 2.0**1000) | ~np.isfinite(out)
+    for index in zip(*np.nonzero(risky)):
+        exact = Fraction(float(a[index])) * Fraction(float(b[index])) + Fraction(float(c[index]))
+        out[index] = round_to(exact, dtype)
+    return out
+
+
+def _fma_dot(x, weight, bias):
+    """acc = bias (or 0); acc = fma(x_k, w_k, acc) for k = 0, 1, ...: an FMA chain. x (..., K), weight (O, K)."""
+    acc = np.zeros(x.shape[:-1] + weight.shape[:1], x.dtype)
+    if bias is not None:
+        acc = acc + bias
     for k in range(x.shape[-1]):
-        exact = acc + xs[..., None, k] * ws[:, k]
-        acc = to_fractions(_round_array(exact, dtype))
-    return np.asarray(acc, dtype=np.float64).astype(dtype)
+        acc = fma(x[..., None, k], weight[:, k], acc)
+    return acc
 
 
 def float_dot(x, weight, bias, order):
@@ -695,14 +737,17 @@ class Evidence:
         return found
 
 
-def summarize(violations, limit=12) -> str:
-    """A readable summary: the count per domain and source, then the worst few."""
+def summarize(violations, limit=8) -> str:
+    """A readable summary: per domain, the count and which evaluations escaped; then the first few."""
     if not violations:
         return "no violations"
-    counts = {}
+    per_domain = {}
     for v in violations:
-        counts[(v.domain, v.source)] = counts.get((v.domain, v.source), 0) + 1
-    lines = [f"{len(violations)} violations: " + ", ".join(f"{d}/{s}: {c}" for (d, s), c in sorted(counts.items()))]
+        sources = per_domain.setdefault(v.domain, {})
+        sources[v.source] = sources.get(v.source, 0) + 1
+    lines = [f"{len(violations)} violations in {len(per_domain)} domains:"]
+    lines += [f"  {domain}: {sum(sources.values())} ({', '.join(sorted(sources))})"
+              for domain, sources in per_domain.items()]
     lines += [str(v) for v in violations[:limit]]
     return "\n".join(lines)
 

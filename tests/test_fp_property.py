@@ -3,8 +3,9 @@ float outputs of the network.
 
 For random small networks (fully connected, conv + pools, normalisation, residual blocks, sigmoid/tanh)
 in float32 and float64, with PyTorch-style weights and adversarial draws (huge biases that absorb small
-terms, cancelling pairs of neurons, near-tied outputs, saturated sigmoids), and a random input set
-(``from_bounds`` or ``linf_ball``, clipped to [0, 1] or not, radii down to 1e-9 and 0), every domain of
+terms, cancelling pairs of neurons, near-tied outputs, saturated sigmoids, subnormal products), and a
+random input set (``from_bounds`` or ``linf_ball``, clipped to [0, 1] or not, radii down to 1e-9 and 0),
+every domain of
 ``refcert.certify.ball_domains()`` must give ``interpret.run(net, element).bounds()`` that contain
 
 (a) the exact output (``tests/fp_exact.exact_forward``: Fractions; mpmath enclosures for sigmoid/tanh)
@@ -35,10 +36,41 @@ from tests import fp_exact as fx
 HAVE_MPMATH = importlib.util.find_spec("mpmath") is not None
 ACTIVATIONS = ("relu", "relu", "sigmoid", "tanh") if HAVE_MPMATH else ("relu",)
 DTYPES = ("float32", "float64")
-#: a bias that absorbs every term below 1 (float32: ulp 4) or 2 (float64: ulp 4)
+#: a bias whose ulp is 4 in its precision: it absorbs every term below 2
 BIG = {"float32": 2.0**25, "float64": 2.0**54}
 RADII = (0.0, 1e-9, 1e-7, 1e-4, 0.01, 0.1, 0.5)
 DOMAINS = ball_domains()
+
+
+# --- choices: drawn by Hypothesis in the tests, by a NumPy generator in bench/soundness.py --------------
+class Draws:
+    """Choices drawn by Hypothesis (so failures shrink)."""
+
+    def __init__(self, draw):
+        self.draw = draw
+
+    def int(self, lo, hi):
+        return self.draw(st.integers(lo, hi))
+
+    def choice(self, options):
+        return self.draw(st.sampled_from(list(options)))
+
+    def seed(self):
+        return np.random.default_rng(self.int(0, 2**32 - 1))
+
+
+class RandomDraws(Draws):
+    """The same choices from a NumPy generator (for the benchmark)."""
+
+    def __init__(self, rng):
+        self.rng = rng
+
+    def int(self, lo, hi):
+        return int(self.rng.integers(lo, hi + 1))
+
+    def choice(self, options):
+        options = list(options)
+        return options[self.int(0, len(options) - 1)]
 
 
 # --- networks ----------------------------------------------------------------------------------------
@@ -65,109 +97,103 @@ class Case:
         return nn.Sequential(*self.layers)
 
 
-def _fc_layers(draw, rng, width, dtype, max_depth=3):
+def _fc_layers(d, rng, width, dtype, max_depth=3):
     """Hidden layers (Linear + activation, residual blocks) on ``width`` features, then the output layer."""
     kw = {"rng": rng, "dtype": dtype}
     layers = []
-    for _ in range(draw(st.integers(1, max_depth))):
-        kind = draw(st.sampled_from(["linear", "linear", "residual"]))
-        if kind == "linear":
-            out = draw(st.integers(2, 6))
+    for _ in range(d.int(1, max_depth)):
+        if d.choice(["linear", "linear", "residual"]) == "linear":
+            out = d.int(2, 6)
             layers.append(nn.Linear(width, out, **kw))
             width = out
-            if draw(st.integers(0, 3)):   # mostly followed by an activation
-                layers.append(_activation(draw(st.sampled_from(ACTIVATIONS))))
+            if d.int(0, 3):   # mostly followed by an activation
+                layers.append(_activation(d.choice(ACTIVATIONS)))
         else:
-            block = nn.Sequential(nn.Linear(width, width, **kw), _activation(draw(st.sampled_from(ACTIVATIONS))))
+            block = nn.Sequential(nn.Linear(width, width, **kw), _activation(d.choice(ACTIVATIONS)))
             layers.append(nn.Residual(block))
-    layers.append(nn.Linear(width, draw(st.integers(2, 4)), **kw))
+    layers.append(nn.Linear(width, d.int(2, 4), **kw))
     return layers
 
 
-def _normalize(draw, rng, channels, dtype):
-    mean = rng.uniform(-0.5, 0.5, channels)
-    std = rng.uniform(0.3, 2.0, channels)
-    return nn.Normalize(mean, std, dtype=dtype)
+def _normalize(rng, channels, dtype):
+    return nn.Normalize(rng.uniform(-0.5, 0.5, channels), rng.uniform(0.3, 2.0, channels), dtype=dtype)
 
 
-@st.composite
-def fully_connected(draw, dtype=None):
+def build_fully_connected(d, dtype=None) -> Case:
     """A random FC network (normalisation, Linear, activations, residual blocks) in float32 or float64."""
-    dtype = dtype or draw(st.sampled_from(DTYPES))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    width = draw(st.integers(1, 4))
-    layers = []
-    if draw(st.booleans()):
-        layers.append(_normalize(draw, rng, draw(st.sampled_from([1, width])), dtype))
-    return Case(layers + _fc_layers(draw, rng, width, dtype), (width,), dtype)
+    dtype = dtype or d.choice(DTYPES)
+    rng = d.seed()
+    width = d.int(1, 4)
+    layers = [_normalize(rng, d.choice([1, width]), dtype)] if d.int(0, 1) else []
+    return Case(layers + _fc_layers(d, rng, width, dtype), (width,), dtype)
 
 
-def _image_block(draw, rng, shape, dtype):
+def _image_layer(d, rng, shape, dtype):
     """One conv, activation, pool or residual layer on an image of ``shape``; (layer or None, new shape)."""
     kw = {"rng": rng, "dtype": dtype}
     c, h = shape[0], shape[1]
-    kind = draw(st.sampled_from(["conv", "act", "pool", "residual"]))
+    kind = d.choice(["conv", "act", "pool", "residual"])
     if kind == "conv":
-        k, s, p = draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(0, 1))
+        k, s, p = d.int(1, 3), d.int(1, 2), d.int(0, 1)
         size = (h + 2 * p - k) // s + 1
         if size < 1:
             return None, shape
-        out = draw(st.integers(1, 3))
+        out = d.int(1, 3)
         return nn.Conv2d(c, out, k, s, p, **kw), (out, size, size)
     if kind == "act":
-        return _activation(draw(st.sampled_from(ACTIVATIONS))), shape
+        return _activation(d.choice(ACTIVATIONS)), shape
     if kind == "pool":
-        s, p = draw(st.integers(1, 2)), draw(st.integers(0, 1))
+        s, p = d.int(1, 2), d.int(0, 1)
         size = (h + 2 * p - 2) // s + 1
         if size < 1:
             return None, shape
-        return draw(st.sampled_from([nn.AvgPool2d, nn.MaxPool2d]))(2, s, p), (c, size, size)
-    block = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, **kw), _activation(draw(st.sampled_from(ACTIVATIONS))))
-    shortcut = nn.Conv2d(c, c, 1, **kw) if draw(st.booleans()) else None
+        return d.choice([nn.AvgPool2d, nn.MaxPool2d])(2, s, p), (c, size, size)
+    block = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, **kw), _activation(d.choice(ACTIVATIONS)))
+    shortcut = nn.Conv2d(c, c, 1, **kw) if d.int(0, 1) else None
     return nn.Residual(block, shortcut), shape
 
 
-@st.composite
-def convolutional(draw, dtype=None):
+def build_convolutional(d, dtype=None) -> Case:
     """A random network on 1×4×4, 1×3×3 or 2×5×5 images: conv, pools, residual blocks, then an FC head."""
-    dtype = dtype or draw(st.sampled_from(DTYPES))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    shape = draw(st.sampled_from([(1, 4, 4), (1, 3, 3), (2, 5, 5)]))
-    layers = [_normalize(draw, rng, shape[0], dtype)] if draw(st.booleans()) else []
+    dtype = dtype or d.choice(DTYPES)
+    rng = d.seed()
+    shape = d.choice([(1, 4, 4), (1, 3, 3), (2, 5, 5)])
+    layers = [_normalize(rng, shape[0], dtype)] if d.int(0, 1) else []
     current = shape
-    for _ in range(draw(st.integers(1, 3))):
-        layer, current = _image_block(draw, rng, current, dtype)
+    for _ in range(d.int(1, 3)):
+        layer, current = _image_layer(d, rng, current, dtype)
         if layer is not None:
             layers.append(layer)
     layers.append(nn.Flatten())
     width = int(np.prod(current))
-    if draw(st.booleans()):
-        layers.append(nn.Linear(width, 3, rng=rng, dtype=dtype))
-        return Case(layers, shape, dtype)
-    return Case(layers + _fc_layers(draw, rng, width, dtype, max_depth=1), shape, dtype)
+    if d.int(0, 1):
+        return Case(layers + [nn.Linear(width, 3, rng=rng, dtype=dtype)], shape, dtype)
+    return Case(layers + _fc_layers(d, rng, width, dtype, max_depth=1), shape, dtype)
 
 
 # --- adversarial edits ----------------------------------------------------------------------------------
+def _op(layers, i):
+    return getattr(layers[i], "op", None) if 0 <= i < len(layers) else None
+
+
 def _linear_positions(layers):
-    return [i for i, layer in enumerate(layers) if getattr(layer, "op", None) == "linear"]
+    return [i for i in range(len(layers)) if _op(layers, i) == "linear"]
 
 
-def _cancelling_pair(case, draw, rng):
+def _cancelling_pair(case, d, rng):
     """Two neurons with the same weights and a huge bias (one of them one ulp off), read by the next
     Linear with opposite weights: they cancel in real arithmetic, and absorb everything small in floats."""
     big = BIG[case.dtype]
     for i in _linear_positions(case.layers)[:-1]:
-        first, nxt = case.layers[i], i + 1
-        if nxt < len(case.layers) and getattr(case.layers[nxt], "op", None) == "relu":
-            nxt += 1
-        if nxt >= len(case.layers) or getattr(case.layers[nxt], "op", None) != "linear":
+        nxt = i + 2 if _op(case.layers, i + 1) == "relu" else i + 1
+        if _op(case.layers, nxt) != "linear":
             continue
+        first = case.layers[i]
         W, b = first.weight.numpy().copy(), first.bias.numpy().copy()
         r, q = rng.choice(W.shape[0], 2, replace=False)
-        W[q] = W[r] * (draw(st.sampled_from([1.0, big / 4])))
-        W[r] = W[q]
+        W[q] = W[r] = W[r] * d.choice([1.0, big / 4])
         b[r] = big
-        b[q] = draw(st.sampled_from([big, np.nextafter(W.dtype.type(big), W.dtype.type(np.inf))]))
+        b[q] = d.choice([big, np.nextafter(W.dtype.type(big), W.dtype.type(np.inf))])
         _set(first, "weight", W)
         _set(first, "bias", b)
         V = case.layers[nxt].weight.numpy().copy()
@@ -177,18 +203,18 @@ def _cancelling_pair(case, draw, rng):
         return
 
 
-def _huge_bias(case, draw, rng):
+def _huge_bias(case, d, rng):
     """One bias entry of a Linear or Conv2d layer set to ±BIG."""
-    positions = [i for i, layer in enumerate(case.layers) if getattr(layer, "op", None) in ("linear", "conv2d")]
-    i = positions[draw(st.integers(0, len(positions) - 1))]
+    positions = [i for i in range(len(case.layers)) if _op(case.layers, i) in ("linear", "conv2d")]
+    i = d.choice(positions)
     b = case.layers[i].bias.numpy().copy()
-    b[rng.integers(b.shape[0])] = draw(st.sampled_from([1, -1])) * BIG[case.dtype]
+    b[rng.integers(b.shape[0])] = d.choice([1, -1]) * BIG[case.dtype]
     _set(case.layers[i], "bias", b)
     case.edits.append(f"huge bias in layer {i}")
 
 
-def _huge_weights(case, draw, rng):
-    """One row of a Linear layer scaled by BIG/8 (terms that cancel only approximately)."""
+def _huge_weights(case, d, rng):
+    """One row of the first Linear layer scaled by BIG/8 (terms that cancel only approximately)."""
     i = _linear_positions(case.layers)[0]
     W = case.layers[i].weight.numpy().copy()
     W[rng.integers(W.shape[0])] *= BIG[case.dtype] / 8
@@ -196,29 +222,28 @@ def _huge_weights(case, draw, rng):
     case.edits.append(f"huge weights in layer {i}")
 
 
-def _near_tie(case, draw, rng):
-    """Outputs 0 and 1 with weights and biases equal up to a few ulps; label 0."""
+def _near_tie(case, d, rng):
+    """Outputs 0 and 1 with weights and biases equal up to an ulp each; label 0."""
     last = case.layers[-1]
     W, b = last.weight.numpy().copy(), last.bias.numpy().copy()
     inf = W.dtype.type(np.inf)
     nudge = rng.integers(-1, 2, W.shape[1])
     W[1] = np.where(nudge > 0, np.nextafter(W[0], inf), np.where(nudge < 0, np.nextafter(W[0], -inf), W[0]))
-    b[1] = draw(st.sampled_from([b[0], np.nextafter(b[0], inf), np.nextafter(b[0], -inf)]))
+    b[1] = d.choice([b[0], np.nextafter(b[0], inf), np.nextafter(b[0], -inf)])
     _set(last, "weight", W)
     _set(last, "bias", b)
     case.label = 0
     case.edits.append("near tie of outputs 0 and 1")
 
 
-def _saturate(case, draw, rng):
-    """A neuron feeding sigmoid/tanh shifted deep into saturation (pre-activation ≈ −20..−40 or +20..+40),
-    its outgoing weights scaled by 1000 (the tiny value 1 − tanh or σ(−20) matters)."""
+def _saturate(case, d, rng):
+    """A neuron feeding sigmoid/tanh shifted deep into saturation (pre-activation moved by ±15..40), its
+    outgoing weights scaled by 1000 (so the tiny σ(−20) or 1 − tanh(20) matters)."""
     for i in _linear_positions(case.layers)[:-1]:
-        if i + 2 < len(case.layers) and getattr(case.layers[i + 1], "op", None) in ("sigmoid", "tanh") \
-                and getattr(case.layers[i + 2], "op", None) == "linear":
+        if _op(case.layers, i + 1) in ("sigmoid", "tanh") and _op(case.layers, i + 2) == "linear":
             b = case.layers[i].bias.numpy().copy()
             r = rng.integers(b.shape[0])
-            b[r] += draw(st.sampled_from([1, -1])) * rng.uniform(15, 40)
+            b[r] += d.choice([1, -1]) * rng.uniform(15, 40)
             _set(case.layers[i], "bias", b)
             V = case.layers[i + 2].weight.numpy().copy()
             V[:, r] *= 1000
@@ -227,17 +252,31 @@ def _saturate(case, draw, rng):
             return
 
 
+def _tiny_weights(case, d, rng):
+    """A Linear layer scaled by 2^-135 (float32; 2^-1060 in float64) and the next one by 2^127 (2^1023): its
+    weights and the products x w are subnormal, so rounding errors are absolute (underflow), then amplified."""
+    down, up = (135, 127) if case.dtype == "float32" else (1060, 1023)
+    for i in _linear_positions(case.layers)[:-1]:
+        nxt = i + 2 if _op(case.layers, i + 1) == "relu" else i + 1
+        if _op(case.layers, nxt) != "linear":
+            continue
+        for key in ("weight", "bias"):
+            _set(case.layers[i], key, np.ldexp(case.layers[i].params[key].numpy(), -down))
+        _set(case.layers[nxt], "weight", np.ldexp(case.layers[nxt].weight.numpy(), up))
+        case.edits.append(f"layer {i} scaled by 2^-{down}, layer {nxt} by 2^{up} (underflow)")
+        return
+
+
 EDITS = {"cancelling pair": _cancelling_pair, "huge bias": _huge_bias, "huge weights": _huge_weights,
-         "near tie": _near_tie, "saturate": _saturate}
+         "near tie": _near_tie, "saturate": _saturate, "tiny weights": _tiny_weights}
 
 
-@st.composite
-def adversarial(draw):
+def build_adversarial(d) -> Case:
     """An FC or conv network with one to three adversarial edits."""
-    case = draw(st.one_of(fully_connected(), convolutional()))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    for name in draw(st.lists(st.sampled_from(sorted(EDITS)), min_size=1, max_size=3, unique=True)):
-        EDITS[name](case, draw, rng)
+    case = d.choice([build_fully_connected, build_convolutional])(d)
+    rng = d.seed()
+    for name in sorted({d.choice(sorted(EDITS)) for _ in range(d.int(1, 3))}):
+        EDITS[name](case, d, rng)
     return case
 
 
@@ -251,41 +290,47 @@ class InputSet:
     description: str
 
 
-@st.composite
-def input_sets(draw, shape, dtype):
+def build_input_set(d, shape, dtype, batch=None) -> InputSet:
     """from_bounds(lower, upper) or linf_ball(x, eps, clip) over a batch of 1 or 2 inputs."""
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    batch = draw(st.integers(1, 2))
-    eps = draw(st.sampled_from(RADII))
-    kind = draw(st.sampled_from(["bounds", "ball", "clipped ball"]))
-    size = (batch,) + tuple(shape)
+    rng = d.seed()
+    size = (batch or d.int(1, 2),) + tuple(shape)
+    eps = d.choice(RADII)
+    kind = d.choice(["bounds", "ball", "clipped ball"])
     if kind == "bounds":
         centre = rng.uniform(-1, 1, size)
         radius = eps * rng.uniform(0, 1, size) * (rng.uniform(size=size) > 0.2)
         lower = (centre - radius).astype(dtype)
         upper = np.maximum((centre + radius).astype(dtype), lower)
         lo, hi = fx.real_box(lower, upper)
-        return InputSet(lambda d: d.from_bounds(Tensor(lower), Tensor(upper)), lo, hi, f"from_bounds radius {eps}")
+        return InputSet(lambda dom: dom.from_bounds(Tensor(lower), Tensor(upper)), lo, hi,
+                        f"from_bounds radius {eps}")
     clip = (0.0, 1.0) if kind == "clipped ball" else None
     centre = rng.uniform(0, 1, size) if clip else rng.uniform(-1, 1, size)
-    if draw(st.booleans()):   # centres on the clip edges and on 0.5 (the issue's tiny-ball case)
+    if d.int(0, 1):   # centres on the clip edges and on 0.5 (the issue's tiny-ball case)
         centre = rng.choice([0.0, 0.5, 1.0], size)
     x = centre.astype(dtype)
     lo, hi = fx.real_ball(x, eps, clip)
-    return InputSet(lambda d: d.linf_ball(Tensor(x), eps, clip), lo, hi, f"linf_ball eps {eps} clip {clip}")
+    return InputSet(lambda dom: dom.linf_ball(Tensor(x), eps, clip), lo, hi, f"linf_ball eps {eps} clip {clip}")
+
+
+fully_connected = st.composite(lambda draw: build_fully_connected(Draws(draw)))
+convolutional = st.composite(lambda draw: build_convolutional(Draws(draw)))
+adversarial = st.composite(lambda draw: build_adversarial(Draws(draw)))
+input_sets = st.composite(lambda draw, shape, dtype: build_input_set(Draws(draw), shape, dtype))
 
 
 # --- the property ------------------------------------------------------------------------------------------
-def _labels(case, batch, rng, n):
+def pick_labels(case, batch, rng, n):
+    """The case's label (near ties) or random labels, one per batch item."""
     return np.full(batch, case.label) if case.label is not None else rng.integers(0, n, batch)
 
 
-def violations(case, inputs, seed, count=8, orders=fx.ORDERS):
+def violations(case, inputs, seed, count=12, orders=fx.ORDERS):
     """Every violation of the guarantee by any domain on this network and input set."""
     net = case.net
     rng = np.random.default_rng(seed)
     n = spec.output_size(net)
-    labels = _labels(case, inputs.lo.shape[0], rng, n)
+    labels = pick_labels(case, inputs.lo.shape[0], rng, n)
     evidence = fx.gather_evidence(net, inputs.lo, inputs.hi, rng, count, labels, orders)
     found = []
     with no_grad(), fx.quiet_floats():
@@ -324,13 +369,20 @@ def test_adversarial_nets_are_sound(data):
     assert_sound(case, inputs, data.draw(st.integers(0, 2**32 - 1), label="seed"))
 
 
-@pytest.mark.slow
-@settings(max_examples=400)
+@settings(max_examples=1000)
 @given(st.data())
-def test_all_nets_are_sound_thoroughly(data):
+def _thorough(data):
     case = data.draw(st.one_of(fully_connected(), convolutional(), adversarial()), label="network")
     inputs = data.draw(input_sets(case.shape, case.dtype), label="input set")
     assert_sound(case, inputs, data.draw(st.integers(0, 2**32 - 1), label="seed"), count=24)
+
+
+@pytest.mark.slow
+def test_all_nets_are_sound_thoroughly(request):
+    """1000 networks of every kind, three times the points (a few minutes): ``pytest -m slow``."""
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("slow suite: select it with -m slow")
+    _thorough()
 
 
 # --- the checker and the evaluators themselves -------------------------------------------------------------
@@ -391,10 +443,25 @@ def test_round_to_is_correctly_rounded():
     assert fx.round_to(Fraction(1, 3), "float64") == 1 / 3
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fma_rounds_once(dtype):
+    """fx.fma(a, b, c) is a b + c rounded once, checked in Fractions (cancellation, huge and tiny terms)."""
+    rng = np.random.default_rng(7)
+    a = (rng.standard_normal(600) * rng.choice([1e-30, 1.0, BIG[dtype]], 600)).astype(dtype)
+    b = rng.standard_normal(600).astype(dtype)
+    c = (-(a.astype(np.float64) * b) * rng.choice([1.0, 1 + 1e-7, 1 - 1e-12], 600)).astype(dtype)
+    c[:50] = 0
+    out = fx.fma(a, b, c)
+    for x, y, z, got in zip(a, b, c, out):
+        assert got == fx.round_to(Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z)), dtype), (x, y, z)
+
+
 @pytest.mark.skipif(not HAVE_MPMATH, reason="mpmath is not installed")
 def test_sigmoid_and_tanh_enclosures_are_narrow_and_ordered():
+    """lo ≤ hi, width ≤ 2^-250, and lo agrees with float64 σ and tanh (saturated arguments included)."""
+    references = ((fx.sigmoid_enclosure, lambda v: 0.5 * (1 + np.tanh(v / 2))), (fx.tanh_enclosure, np.tanh))
     for q in (Fraction(-30), Fraction(-1, 7), Fraction(0), Fraction(3, 2), Fraction(2000), Fraction(-2000)):
-        for enclosure, reference in ((fx.sigmoid_enclosure, lambda v: 1 / (1 + np.exp(-v))), (fx.tanh_enclosure, np.tanh)):
+        for enclosure, reference in references:
             lo, hi = enclosure(q)
             assert lo <= hi and hi - lo <= Fraction(1, 2**250)
             assert abs(float(lo) - reference(float(q))) <= 1e-15

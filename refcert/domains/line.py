@@ -49,10 +49,20 @@ class LineElement:
     domain: str
     budget: int | None = None
     source: tuple | None = None   # the input set: ('segment', x_from, x_to) or ('box', lower, upper)
+    trail: tuple = ()             # the layers run so far: (op, params, execution), ('residual', a, b)
 
     def bounds(self):
+        """(lower, upper) (batch, *shape).  Under the sound policy: every part's input piece re-bounded by a
+        sound domain through ``trail`` (``line_certify.confirm``); else ``raw_bounds``."""
+        from refcert import fp
+        if fp.policy().sound:
+            from refcert.domains import line_certify
+            return line_certify.confirm(self).bounds()
+        return self.raw_bounds()
+
+    def raw_bounds(self):
         """(lower, upper) (batch, *shape): exact min/max over the segment pieces (affine: extremes at
-        endpoints) and the boxes' own bounds."""
+        endpoints) and the boxes' own bounds, in the parts' float arithmetic."""
         xp = backends.current().xp
         lows = [xp.min(xp.minimum(p.start.value, p.end.value), axis=0) for p in self.items]
         highs = [xp.max(xp.maximum(p.start.value, p.end.value), axis=0) for p in self.items]
@@ -140,9 +150,11 @@ def sign_crossings(a: np.ndarray, b: np.ndarray):
 
 # --- transformers -----------------------------------------------------------------------------------
 
-def _map(element: LineElement, fn) -> LineElement:
+def _map(element: LineElement, fn, op: str, params: dict) -> LineElement:
+    """Apply fn to every item's parts; record the layer in the trail (with the execution precision in force)."""
+    from refcert import fp
     items = tuple(fn(p, b) for b, p in enumerate(element.items))
-    return dataclasses.replace(element, items=items)
+    return dataclasses.replace(element, items=items, trail=element.trail + ((op, params, fp.policy().execution),))
 
 
 def _affine(element: LineElement, op: str, params: dict) -> LineElement:
@@ -162,7 +174,7 @@ def _affine(element: LineElement, op: str, params: dict) -> LineElement:
         box = xp.reshape(backends.current().asarray(parts.is_box), (-1,) + (1,) * (start.ndim - 1))
         return Parts(parts.t, Tensor(xp.where(box, center - radius, start.value)),
                      Tensor(xp.where(box, center + radius, end.value)), parts.is_box)
-    return _map(element, item)
+    return _map(element, item, op, params)
 
 
 def _abs_linear(op: str, r: Tensor, q: dict) -> Tensor:
@@ -206,7 +218,7 @@ def relu(element: LineElement) -> LineElement:
         parts = split(parts, m, s)
         return Parts(parts.t, ad.relu(parts.start), ad.relu(parts.end), parts.is_box)
     from refcert.domains.line_approx import relax
-    return relax(_map(element, item))
+    return relax(_map(element, item, "relu", {}))
 
 
 def _windows(x: np.ndarray, kernel_size: int, stride: int, padding: int) -> np.ndarray:
@@ -250,11 +262,11 @@ def max_pool2d(element: LineElement, *, kernel_size, stride, padding=0) -> LineE
         else:
             raise RuntimeError(f"{element.domain}: max_pool2d still has argmax changes after "
                                f"{MAXPOOL_ROUNDS} refinement rounds; refusing rather than returning an unsound piece")
-        params = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
         return Parts(parts.t, point.max_pool2d(parts.start, **params), point.max_pool2d(parts.end, **params),
                      parts.is_box)
+    params = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
     from refcert.domains.line_approx import relax
-    return relax(_map(element, item))
+    return relax(_map(element, item, "max_pool2d", params))
 
 
 def _not_piecewise_linear(op: str):

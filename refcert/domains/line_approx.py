@@ -124,10 +124,12 @@ def add(a: LineElement, b: LineElement, *, origin=None) -> LineElement:
     if not isinstance(b, LineElement) or len(a.items) != len(b.items):
         raise ValueError(f"{a.domain}: add needs two line elements of one batch, got {type(b).__name__}")
     items = tuple(_add_parts(p, q) for p, q in zip(a.items, b.items))
-    return relax(dataclasses.replace(a, items=items))
+    base = origin.trail if isinstance(origin, LineElement) else ()
+    trail = base + (("residual", a.trail[len(base):], b.trail[len(base):]),)
+    return relax(dataclasses.replace(a, items=items, trail=trail))
 
 
-def _monotone(f):
+def _monotone(f, op: str):
     """A monotone activation on boxes: segments become their bounding boxes first (sound, not exact)."""
     def transformer(element: LineElement) -> LineElement:
         xp = backends.current().xp
@@ -136,7 +138,7 @@ def _monotone(f):
             lower = Tensor(xp.minimum(parts.start.value, parts.end.value))
             upper = Tensor(xp.maximum(parts.start.value, parts.end.value))
             return Parts(parts.t, f(lower), f(upper), np.ones(parts.is_box.shape, bool))
-        return line._map(element, item)
+        return line._map(element, item, op, {})
     return transformer
 
 
@@ -154,5 +156,5 @@ def from_bounds(lower, upper) -> LineElement:
 
 
 APPROXLINE = {**line.EXACTLINE, "add": add,
-              "sigmoid": _monotone(lambda x: ad.sigmoid(x)), "tanh": _monotone(lambda x: ad.tanh(x))}
+              "sigmoid": _monotone(lambda x: ad.sigmoid(x), "sigmoid"), "tanh": _monotone(lambda x: ad.tanh(x), "tanh")}
 domains.register("approxline", APPROXLINE, from_bounds)

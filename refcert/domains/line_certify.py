@@ -121,28 +121,50 @@ def _pieces(source, grids):
     return z, item
 
 
-def confirm(run, element: LineElement, out) -> Confirmed:
-    """Sound bounds for ``out`` = run(element) (``run`` maps an element of any domain through the same
-    layers).  A segment source: every part's input piece (from ``out``'s grids) as a zonotope, bounded by
-    sound DeepZono — on a piece of ExactLine's partition a ReLU net is affine, so this is (nearly) exact;
-    a box source: sound Box on the box, which is what ApproxLine computes on a box."""
+def replay(trail: tuple, element, item=None):
+    """Run the recorded layers on ``element`` of another domain, each under the execution precision it was
+    recorded with; ``item`` maps the element's batch to the line element's (per-input weights follow it)."""
+    from refcert import domains, fp
+    from refcert.autodiff import Tensor
+    table = domains.domain_of(element).transformers
+    for step in trail:
+        if step[0] == "residual":
+            branch_a, branch_b = replay(step[1], element, item), replay(step[2], element, item)
+            element = table["add"](branch_a, branch_b, origin=element)
+            continue
+        op, params, execution = step
+        if op == "linear" and params["weight"].ndim == 3 and item is not None:  # a specification C
+            rows = backends.current().asarray(item)
+            params = {"weight": Tensor(backends.current().xp.take(params["weight"].value, rows, axis=0)),
+                      "bias": None if params["bias"] is None else
+                      Tensor(backends.current().xp.take(params["bias"].value, rows, axis=0))}
+        with fp.use(execution=execution):
+            element = table[op](element, **params)
+    return element
+
+
+def confirm(out: LineElement) -> Confirmed:
+    """Sound bounds of the line element ``out``: its input pieces pushed through its ``trail`` by a sound
+    domain.  A segment source: every part's input piece (from ``out``'s grids) as a zonotope, bounded by
+    DeepZono — on a piece of ExactLine's partition a ReLU net is affine, so this is (nearly) exact; a
+    box source: Box on the box, which is what ApproxLine computes on a box."""
     from refcert import autodiff as ad
     from refcert import domains
     from refcert.autodiff import Tensor
     xp = backends.current().xp
-    kind = element.source[0] if element.source else None
+    kind = out.source[0] if out.source else None
     if kind == "box":
-        lower, upper = element.source[1], element.source[2]
-        return Confirmed(*run(domains.get("box").from_bounds(lower, upper), None).bounds())
+        box = domains.get("box").from_bounds(out.source[1], out.source[2])
+        return Confirmed(*replay(out.trail, box).bounds())
     if kind != "segment":
-        raise ValueError("a line element without a source cannot be confirmed; build it with "
+        raise ValueError("a line element without a source cannot be bounded soundly; build it with "
                          "refcert.domains.line.segment or from_bounds")
-    z, item = _pieces(element.source, [p.t for p in out.items])
-    low, high = run(z, item).bounds()
-    lows, highs = [], []
-    for k in range(len(out.items)):
-        rows = backends.current().asarray(np.nonzero(item == k)[0])
-        lows.append(xp.min(xp.take(low.value, rows, axis=0), axis=0))
-        highs.append(xp.max(xp.take(high.value, rows, axis=0), axis=0))
+    z, item = _pieces(out.source, [p.t for p in out.items])
     with ad.no_grad():
+        low, high = replay(out.trail, z, item).bounds()
+        lows, highs = [], []
+        for k in range(len(out.items)):
+            rows = backends.current().asarray(np.nonzero(item == k)[0])
+            lows.append(xp.min(xp.take(low.value, rows, axis=0), axis=0))
+            highs.append(xp.max(xp.take(high.value, rows, axis=0), axis=0))
         return Confirmed(Tensor(xp.stack(lows, axis=0)), Tensor(xp.stack(highs, axis=0)))
