@@ -22,6 +22,7 @@ one ulp outward with ``nextafter`` (``up``, ``down``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from dataclasses import dataclass, replace
 
@@ -83,20 +84,33 @@ FUNCTION_ULPS = 32
 
 def unit(dtype) -> float:
     """Unit roundoff u of a precision: 2⁻²⁴ (float32), 2⁻⁵³ (float64); 0 for 'exact' / None."""
-    if dtype is None or dtype == "exact":
-        return 0.0
-    return float(np.finfo(_name(dtype)).eps) / 2
+    return _unit(None if dtype is None or dtype == "exact" else _name(dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _unit(name):
+    return 0.0 if name is None else float(np.finfo(name).eps) / 2
 
 
 def tiny(dtype) -> float:
     """Smallest positive *normal* number: bounds the underflow error of one operation, also under
     flush-to-zero (0 for 'exact')."""
-    if dtype is None or dtype == "exact":
-        return 0.0
-    return float(np.finfo(_name(dtype)).tiny)
+    return _tiny(None if dtype is None or dtype == "exact" else _name(dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny(name):
+    return 0.0 if name is None else float(np.finfo(name).tiny)
 
 
 def _name(dtype) -> str:
+    if isinstance(dtype, str):
+        return dtype
+    return _dtype_name(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _dtype_name(dtype) -> str:
     return str(getattr(dtype, "name", None) or np.dtype(str(dtype).split(".")[-1]))
 
 
@@ -152,6 +166,17 @@ def radius(magnitude, n: int, *, execution="auto", count: int = 1):
     execution = execution_dtype(None, dtype) if execution == "auto" else execution
     floor = (2 * n + 12) * count * (tiny(dtype) + tiny(execution))
     return ad.Tensor(value * error_factor(n, dtype, execution) + floor)
+
+
+def folded(n: int, computation_dtype, execution):
+    """(G, floor) for Box's one-product form r' = |A|(r + G·M) + G|b| + floor of ``radius``: computing
+    |A| r inside the same product costs another γₙ₊₄ relative to |A| M (proofs/floating_point.md §3), so
+    G = (F₀ + γₙ₊₄)(1 + 2γₙ₊₄) with F₀ the first-order factor of ``error_factor``.  None when not sound."""
+    if not policy().sound:
+        return None
+    first = gamma(n + 6, computation_dtype) + gamma(n + 3, execution)
+    g = (first + gamma(n + 4, computation_dtype)) * (1.0 + 2.0 * gamma(n + 6, computation_dtype))
+    return g, (2 * n + 12) * (tiny(computation_dtype) + tiny(execution))
 
 
 def plus(t, extra):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refcert import autodiff as ad
-from refcert import domains, fp
+from refcert import backends, domains, fp
 from refcert.autodiff import Tensor
 from refcert.domains import point
 
@@ -89,25 +89,37 @@ def _error(x: Box, image, n: int, parameter=None):
         return fp.radius(image(magnitude(x)), n, execution=execution)
 
 
+def _affine(x: Box, center: Tensor, abs_map, abs_bias, n: int, parameter) -> Box:
+    """[c' ∓ r'] with c' the computed centre and r' = |A| r plus the rounding-error radius, in one product:
+    r' = |A|(r + G·M) + G|b| + floor (``fp.folded``; proofs/floating_point.md §3).  The error terms are
+    constants, computed on raw arrays."""
+    r = x.radius
+    terms = fp.folded(n, r.dtype, fp.execution_dtype(getattr(parameter, "dtype", None), r.dtype))
+    if terms is None:
+        return _from_center_radius(center, abs_map(r))
+    g, floor = terms
+    xp = backends.current().xp
+    spread = Tensor(xp.maximum(xp.abs(x.lower.value), xp.abs(x.upper.value)) * g)
+    offset = floor if abs_bias is None else Tensor(xp.abs(abs_bias.value) * g + floor)
+    return _from_center_radius(center, abs_map(r + spread) + offset)
+
+
 def linear(x: Box, *, weight: Tensor, bias: Tensor | None) -> Box:
     """DiffAI Sec. 4.1 / IBP Eq. 6: c' = W c + b, r' = |W| r.  Sound: |W(x − c)| ≤ |W| |x − c| ≤ |W| r.
-    Rounding: + fp.radius(|W| M + |b|) with n = fan-in + 1 (proofs/floating_point.md §3)."""
+    Rounding: + fp's radius of (|W| M + |b|), n = fan-in + 1, folded into the product (``_affine``)."""
     abs_w = ad.abs(weight)
-    image = lambda m: point.linear(m, weight=abs_w, bias=None if bias is None else ad.abs(bias))
-    return _from_center_radius(point.linear(x.center, weight=weight, bias=bias),
-                               point.linear(x.radius, weight=abs_w, bias=None),
-                               _error(x, image, weight.shape[-1] + 1, weight))
+    return _affine(x, point.linear(x.center, weight=weight, bias=bias),
+                   lambda r: point.linear(r, weight=abs_w, bias=None), bias, weight.shape[-1] + 1, weight)
 
 
 def conv2d(x: Box, *, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> Box:
     """As ``linear`` for the convolution's matrix: c' = conv(c) + b, r' = conv_|K|(r) (proofs/box.md)."""
     abs_k = ad.abs(weight)
-    image = lambda m: point.conv2d(m, weight=abs_k, bias=None if bias is None else ad.abs(bias), stride=stride,
-                                   padding=padding)
     fan_in = weight.shape[1] * weight.shape[2] * weight.shape[3]
-    return _from_center_radius(point.conv2d(x.center, weight=weight, bias=bias, stride=stride, padding=padding),
-                               point.conv2d(x.radius, weight=abs_k, bias=None, stride=stride, padding=padding),
-                               _error(x, image, fan_in + 1, weight))
+    bias_map = None if bias is None else ad.reshape(bias, shape=(-1, 1, 1))
+    return _affine(x, point.conv2d(x.center, weight=weight, bias=bias, stride=stride, padding=padding),
+                   lambda r: point.conv2d(r, weight=abs_k, bias=None, stride=stride, padding=padding),
+                   bias_map, fan_in + 1, weight)
 
 
 def normalize(x: Box, *, mean: Tensor, std: Tensor) -> Box:

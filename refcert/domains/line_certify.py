@@ -146,8 +146,9 @@ def replay(trail: tuple, element, item=None):
 def confirm(out: LineElement) -> Confirmed:
     """Sound bounds of the line element ``out``: its input pieces pushed through its ``trail`` by a sound
     domain.  A segment source: every part's input piece (from ``out``'s grids) as a zonotope, bounded by
-    DeepZono — on a piece of ExactLine's partition a ReLU net is affine, so this is (nearly) exact; a
-    box source: Box on the box, which is what ApproxLine computes on a box."""
+    DeepZono — on a piece of ExactLine's partition a ReLU net is affine, so this is (nearly) exact — and
+    intersected with Box on the piece's bounding box; a box source: Box on the box, which is what
+    ApproxLine computes on a box."""
     from refcert import autodiff as ad
     from refcert import domains
     from refcert.autodiff import Tensor
@@ -162,6 +163,8 @@ def confirm(out: LineElement) -> Confirmed:
     z, item = _pieces(out.source, [p.t for p in out.items])
     with ad.no_grad():
         low, high = replay(out.trail, z, item).bounds()
+        box_low, box_high = replay(out.trail, domains.get("box").from_bounds(*z.bounds()), item).bounds()
+        low, high = ad.maximum(low, box_low), ad.minimum(high, box_high)  # both sound: never looser than Box
         lows, highs = [], []
         for k in range(len(out.items)):
             rows = backends.current().asarray(np.nonzero(item == k)[0])

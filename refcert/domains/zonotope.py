@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
+
 from refcert import autodiff as ad
 from refcert import backends, domains, fp
 from refcert.autodiff import Tensor
@@ -51,10 +53,16 @@ class Zonotope:
         return fp.widen(self.center - r, self.center + r)
 
     def magnitude(self) -> Tensor:
-        """M ≥ |x| for every x of the set: |c| + r (an upper bound, no gradient)."""
-        with ad.no_grad():
-            lower, upper = self.bounds()
-            return ad.maximum(ad.abs(lower), ad.abs(upper))
+        """M ≥ |x| for every x of the set: max(|l|, |u|) of ``bounds()``, computed the same way on raw
+        arrays (a constant)."""
+        xp = backends.current().xp
+        k = self.generators.shape[1]
+        r = xp.sum(xp.abs(self.generators.value), axis=1) + self.box_radius.value
+        r = r * (1.0 + 2.0 * fp.gamma(k + 2, r.dtype))
+        inf = xp.full_like(r, np.inf)
+        r = xp.nextafter(r, inf)
+        c = self.center.value
+        return Tensor(xp.maximum(xp.abs(xp.nextafter(c - r, -inf)), xp.abs(xp.nextafter(c + r, inf))))
 
 
 def from_bounds(lower, upper, *, domain: str) -> Zonotope:
