@@ -16,6 +16,7 @@ proofs/relu_zonotope.md, proofs/sigmoid_tanh_zonotope.md, proofs/maxpool.md.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 
@@ -36,6 +37,7 @@ class Zonotope:
     generators: Tensor
     box_radius: Tensor
     domain: str
+    hint: Tensor | None = None   # a known bound M ≥ |x| on the set (saves a pass over E; see ``magnitude``)
 
     @property
     def shape(self) -> tuple:
@@ -53,8 +55,10 @@ class Zonotope:
         return fp.widen(self.center - r, self.center + r)
 
     def magnitude(self) -> Tensor:
-        """M ≥ |x| for every x of the set: max(|l|, |u|) of ``bounds()``, computed the same way on raw
-        arrays (a constant)."""
+        """M ≥ |x| for every x of the set: the ``hint`` when a transformer left one, else max(|l|, |u|) of
+        ``bounds()``, computed the same way on raw arrays (a constant)."""
+        if self.hint is not None:
+            return self.hint
         xp = backends.current().xp
         k = self.generators.shape[1]
         r = xp.sum(xp.abs(self.generators.value), axis=1) + self.box_radius.value
@@ -78,7 +82,8 @@ def from_bounds(lower, upper, *, domain: str) -> Zonotope:
     c, r = fp.mid_rad(lower, upper)
     eye = xp.reshape(xp.eye(n, dtype=r.dtype), (1, n) + tuple(shape))
     E = ad.reshape(r, shape=(batch, 1) + tuple(shape)) * eye
-    return Zonotope(c, E, r * 0.0, domain)
+    hint = Tensor(xp.maximum(xp.abs(lower.value), xp.abs(upper.value)))  # the box itself: exact
+    return Zonotope(c, E, r * 0.0, domain, hint)
 
 
 def _with(z: Zonotope, center: Tensor, generators: Tensor, box_radius: Tensor, error=None) -> Zonotope:
@@ -139,10 +144,11 @@ def normalize(z: Zonotope, *, mean: Tensor, std: Tensor) -> Zonotope:
 
 
 def flatten(z: Zonotope) -> Zonotope:
-    """A reshape of every component: exact."""
+    """A reshape of every component: exact (the magnitude hint is reshaped too)."""
     nd = z.center.ndim - 1
-    return _with(z, point.flatten(z.center, feature_ndim=nd), point.flatten(z.generators, feature_ndim=nd),
+    flat = _with(z, point.flatten(z.center, feature_ndim=nd), point.flatten(z.generators, feature_ndim=nd),
                  point.flatten(z.box_radius, feature_ndim=nd))
+    return flat if z.hint is None else dataclasses.replace(flat, hint=point.flatten(z.hint, feature_ndim=nd))
 
 
 def avg_pool2d(z: Zonotope, *, kernel_size: int, stride: int, padding: int = 0) -> Zonotope:

@@ -44,27 +44,35 @@ def _new_symbols(nu: Tensor) -> Tensor | None:
     return ad.reshape(rows, shape=(batch, m) + tuple(shape))
 
 
-def with_error(z, lam: Tensor, mu: Tensor, nu: Tensor, *, hybrid: bool):
-    """z ↦ lam·z + mu + nu·[-1, 1] (lam ≥ 0, nu ≥ 0, shapes (batch, *shape)); proofs/relu_zonotope.md §0."""
+def with_error(z, lam: Tensor, mu: Tensor, nu: Tensor, *, hybrid: bool, magnitude=None):
+    """z ↦ lam·z + mu + nu·[-1, 1] (lam ≥ 0, nu ≥ 0, shapes (batch, *shape)); proofs/relu_zonotope.md §0.
+    Sound policy: the rounding of the map goes to β, and the result carries the hint |x'| ≤ lam·M + |mu| +
+    nu + that radius (``magnitude``: M of z, if the caller has it)."""
     lam_rows = ad.reshape(lam, shape=(lam.shape[0], 1) + tuple(lam.shape[1:]))
     center, generators, beta = lam * z.center + mu, lam_rows * z.generators, lam * z.box_radius
+    hint = None
     if fp.policy().sound:  # rounding of lam·(c, E, β) + mu and of β + nu (proofs/floating_point.md §3)
-        with ad.no_grad():
-            image = ad.abs(lam) * z.magnitude() + ad.abs(mu) + nu
-            beta = beta + fp.radius(image, 1, execution=None, count=z.generators.shape[1] + 2)
+        xp = backends.current().xp
+        m = (z.magnitude() if magnitude is None else magnitude).value
+        image = xp.abs(lam.value) * m + xp.abs(mu.value) + nu.value
+        error = fp.radius(Tensor(image), 1, execution=None, count=z.generators.shape[1] + 2)
+        beta = beta + error
+        bound = fp.compensate(image + error.value, 4)
+        hint = Tensor(xp.nextafter(bound, xp.full_like(bound, np.inf)))
     if hybrid:
         beta = beta + nu
     else:
         rows = _new_symbols(nu)
         if rows is not None:
             generators = ad.concatenate([generators, rows], axis=1)
-    return dataclasses.replace(z, center=center, generators=generators, box_radius=beta)
+    return dataclasses.replace(z, center=center, generators=generators, box_radius=beta, hint=hint)
 
 
 def _relax(z, relaxation, hybrid: bool):
     l, u = z.bounds()
     lam, mu, nu = relaxation(l, u)
-    return with_error(z, lam, mu, nu, hybrid=hybrid)
+    magnitude = Tensor(backends.current().xp.maximum(ad.abs(l).value, ad.abs(u).value)) if fp.policy().sound else None
+    return with_error(z, lam, mu, nu, hybrid=hybrid, magnitude=magnitude)
 
 
 # --- ReLU (proofs/relu_zonotope.md) -------------------------------------------------------------
@@ -185,7 +193,7 @@ def _max_pool(z, kernel_size: int, stride: int, padding: int, hybrid: bool):
     mid, half = fp.mid_rad(max_l, max_u)
     center = center + ad.where(fresh, mid, zero_c)
     nu = ad.where(fresh, half, zero_c)
-    pooled = dataclasses.replace(z, center=center, generators=generators, box_radius=box_radius)
+    pooled = dataclasses.replace(z, center=center, generators=generators, box_radius=box_radius, hint=None)
     return with_error(pooled, zero_c + 1.0, zero_c, nu, hybrid=hybrid)
 
 
