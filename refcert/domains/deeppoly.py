@@ -222,19 +222,21 @@ def _errors(x: DeepPoly, coefficient, n: int, *, constant=None, parameter=None, 
     substitution.  slack = fp.radius(|A| M + |b|, n) + fp.radius(|b|, output size) (the constant's dot)."""
     if not fp.policy().sound:
         return {}
+    xp = backends.current().xp
     with ad.no_grad():
         magnitude = box.magnitude(_box(x))
-        image = coefficient(magnitude)
+        image = coefficient(magnitude).value
         constant = constant(magnitude) if callable(constant) else constant
+        constant = None if constant is None else xp.broadcast_to(xp.abs(constant.value), image.shape)
         total = image if constant is None else image + constant
         execution = fp.execution_dtype(getattr(parameter, "dtype", None), magnitude.dtype) if executes else None
-        slack = fp.radius(total, n, execution=execution)
+        slack = fp.radius(Tensor(total), n, execution=execution).value
         size = int(np.prod(image.shape[1:], dtype=np.int64))
         if constant is not None:
-            slack = slack + fp.radius(constant, size + 1, execution=None)
-        spread = ad.sum(ad.reshape(magnitude, shape=(magnitude.shape[0], -1)), axis=1)
+            slack = slack + fp.radius(Tensor(constant), size + 1, execution=None).value
+        spread = xp.sum(xp.reshape(magnitude.value, (magnitude.shape[0], -1)), axis=1)
         floor = (spread + float(size + 1)) * (2.0 * (max(n, size) + 2) * fp.tiny(magnitude.dtype))
-    return {"slack": slack, "floor": floor}
+    return {"slack": Tensor(slack), "floor": Tensor(floor)}
 
 
 def _affine(x: DeepPoly, op: str, params: dict, image: box.Box, errors: dict) -> DeepPoly:
@@ -249,9 +251,8 @@ def _abs_or_none(t):
 def linear(x: DeepPoly, *, weight: Tensor, bias: Tensor | None) -> DeepPoly:
     """y = W x + b (W (out, in) or per-input (batch, out, in)); back-substitution: lam ↦ lam W."""
     abs_w = ad.abs(weight)
-    constant = None if bias is None else (lambda m: point.linear(m * 0.0, weight=abs_w, bias=ad.abs(bias)))
     errors = _errors(x, lambda m: point.linear(m, weight=abs_w, bias=None), max(weight.shape[-2:]) + 1,
-                     constant=constant, parameter=weight)
+                     constant=bias, parameter=weight)
     return _affine(x, "linear", {"weight": weight, "bias": bias}, box.linear(_box(x), weight=weight, bias=bias),
                    errors)
 
@@ -261,8 +262,7 @@ def conv2d(x: DeepPoly, *, weight: Tensor, bias: Tensor | None, stride: int, pad
     params = {"weight": weight, "bias": bias, "stride": stride, "padding": padding}
     abs_k = ad.abs(weight)
     image = lambda m: point.conv2d(m, weight=abs_k, bias=None, stride=stride, padding=padding)
-    constant = None if bias is None else (lambda m: point.conv2d(m * 0.0, weight=abs_k, bias=ad.abs(bias),
-                                                                  stride=stride, padding=padding))
+    constant = None if bias is None else ad.reshape(bias, shape=(-1, 1, 1))
     n = max(weight.shape[0], weight.shape[1]) * weight.shape[2] * weight.shape[3] + 1
     errors = _errors(x, image, n, constant=constant, parameter=weight)
     return _affine(x, "conv2d", params, box.conv2d(_box(x), **params), errors)
