@@ -183,3 +183,35 @@ def test_non_finite_parameters_are_refused(where):
     unsafe = [(np.array([0.0, 0.0]), np.array([1.0, 1.0]), [(np.array([[1.0, -1.0]]), np.array([0.0]))])]
     with pytest.raises(ValueError, match="(?i)finite|std"):
         verify(net, unsafe)
+
+
+# --- relaxations built in floats hold exactly for their computed coefficients ----------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["relu_deepzono", "relu_box", "relu_diag", "relu_switch", "relu_smooth"])
+def test_relu_relaxations_hold_exactly_for_the_computed_slope(name, dtype):
+    """relu(x) − lam·x ∈ [mu − nu, mu + nu] on [l, u], checked in rational arithmetic at l, 0 and u (the
+    function is piecewise linear with its kinks there) for the float lam, mu, nu actually computed."""
+    from refcert.domains import relaxations
+    rng = np.random.default_rng(7)
+    l = -np.exp(rng.uniform(-20, 5, 4000)).astype(dtype)
+    u = np.exp(rng.uniform(-20, 5, 4000)).astype(dtype)
+    lam, mu, nu = (t.numpy() for t in getattr(relaxations, name)(Tensor(l), Tensor(u)))
+    for args in zip(l, u, lam, mu, nu):
+        lo_, up_, a, m, n = (Fraction(float(v)) for v in args)
+        for x in (lo_, Fraction(0), up_):
+            value = max(x, Fraction(0)) - a * x
+            assert m - n <= value <= m + n, (name, dtype, args)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_deeppoly_relu_chord_lies_above_relu_exactly(dtype):
+    from refcert.domains.deeppoly import relu_lines
+    rng = np.random.default_rng(8)
+    l = -np.exp(rng.uniform(-20, 5, 4000)).astype(dtype)
+    u = np.exp(rng.uniform(-20, 5, 4000)).astype(dtype)
+    step = relu_lines(Tensor(l), Tensor(u))
+    a_u, b_u = step.upper_slope.numpy(), step.upper_offset.numpy()
+    for lo_, up_, a, b in zip(l, u, a_u, b_u):
+        a, b = Fraction(float(a)), Fraction(float(b))
+        for x in (Fraction(float(lo_)), Fraction(float(up_))):  # relu convex: above at both ends suffices
+            assert a * x + b >= max(x, Fraction(0))
