@@ -214,7 +214,6 @@ def _certify(net, x, labels, eps, domain, clip, attack, pgd_steps, pgd_restarts,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     x, labels, eps, n_classes = _validate(net, x, labels, eps, clip)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0 if rng is None else rng)
-    N = x.shape[0]
     batches = (int(batch_size), max(int(batch_size), CONCRETE_BATCH))
     predicted, clean = _clean_margins(net, x, labels, batches[1])
     attack_points: dict[int, np.ndarray] = {}   # input index -> PGD point (shared by domains)
