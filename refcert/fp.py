@@ -165,7 +165,49 @@ def radius(magnitude, n: int, *, execution="auto", count: int = 1):
     dtype = value.dtype
     execution = execution_dtype(None, dtype) if execution == "auto" else execution
     floor = (2 * n + 12) * count * (tiny(dtype) + tiny(execution))
-    return ad.Tensor(value * error_factor(n, dtype, execution) + floor)
+    out = value * error_factor(n, dtype, execution) + floor
+    return ad.Tensor(overflowing(out, value >= overflow_limit(execution, n)))
+
+
+def overflow_limit(execution, n: int) -> float:
+    """Higham's bound assumes no overflow: a layer whose |A| M + |b| (which bounds every partial sum and
+    product of any evaluation order) may reach the execution precision's largest float is given an
+    infinite radius (proofs/floating_point.md §2).  inf when nothing is executed."""
+    if execution is None or execution == "exact":
+        return np.inf
+    return float(np.finfo(_name(execution)).max) * (1.0 - 4.0 * gamma(n + 3, execution))
+
+
+def overflowing(radius, where):
+    """``radius`` with +inf where an execution may overflow (raw arrays)."""
+    xp = backends.current().xp
+    return xp.where(where, xp.full_like(radius, np.inf), radius)
+
+
+def check_range(net, execution) -> None:
+    """A network whose parameters, rounded to the execution precision, would overflow or underflow (the
+    error model assumes neither) is refused for that precision with a clear ValueError."""
+    if execution not in ("float32", "float64"):
+        return
+    info = np.finfo(execution)
+    for name, value in _parameters(net):
+        a = np.abs(value.astype(np.float64))
+        if np.any(a > info.max):
+            raise ValueError(f"parameter {name} has values up to {a.max():.3g}, beyond {execution}'s range: "
+                             f"choose execution='float64'")
+        if np.any((a > 0) & (a < info.tiny)):
+            raise ValueError(f"parameter {name} has non-zero values below {execution}'s smallest normal "
+                             f"number ({info.tiny:.3g}): choose execution='float64'")
+
+
+def _parameters(net):
+    stack = [(net, "")]
+    while stack:
+        module, prefix = stack.pop()
+        for key, value in module.params.items():
+            if isinstance(value, ad.Tensor):
+                yield f"{prefix}{type(module).__name__}.{key}", value.numpy()
+        stack.extend((child, f"{prefix}{i}.") for i, child in enumerate(module.children()))
 
 
 def folded(n: int, computation_dtype, execution):
@@ -177,6 +219,12 @@ def folded(n: int, computation_dtype, execution):
     first = gamma(n + 6, computation_dtype) + gamma(n + 3, execution)
     g = (first + gamma(n + 4, computation_dtype)) * (1.0 + 2.0 * gamma(n + 6, computation_dtype))
     return g, (2 * n + 12) * (tiny(computation_dtype) + tiny(execution))
+
+
+def folded_limit(g: float, n: int, execution) -> float:
+    """The overflow test for ``folded``'s radius r' ≥ G·(|A| M + |b|)·(1 − γ): r' ≥ G·limit·(1 − γ) flags
+    every layer that ``overflow_limit`` flags (and, harmlessly, some with a huge |A| r)."""
+    return g * overflow_limit(execution, n) * (1.0 - 4.0 * gamma(n + 6, "float64"))
 
 
 def plus(t, extra):

@@ -61,7 +61,7 @@ class VerifyOutcome:
 class _Unit:
     """One disjunct: the box in refcert layout (1, *shape) (rounded outward), its output polytope C y ≤ d
     (``spec``: a vnnlib.Constraint with strict rows and d rounded both ways), and the real box
-    (``exact``: Fractions (lower, upper) in refcert order)."""
+    (``exact``: Fractions (lower, upper) in refcert order, then which of those bounds are strict)."""
     lower: np.ndarray
     upper: np.ndarray
     C: np.ndarray   # (k, outputs)
@@ -99,15 +99,18 @@ def _units(net64, disjuncts, shape, perm) -> list:
             raise ValueError(f"input box {b} is not finite")
         exact_lower = getattr(disjunct, "exact_lower", None) or [Fraction(float(v)) for v in lower]
         exact_upper = getattr(disjunct, "exact_upper", None) or [Fraction(float(v)) for v in upper]
+        strict_lower = list(getattr(disjunct, "strict_lower", None) or [False] * n)
+        strict_upper = list(getattr(disjunct, "strict_upper", None) or [False] * n)
         if perm is not None:
             lower, upper = lower[perm], upper[perm]
             exact_lower, exact_upper = [exact_lower[i] for i in perm], [exact_upper[i] for i in perm]
+            strict_lower, strict_upper = [strict_lower[i] for i in perm], [strict_upper[i] for i in perm]
         lower, upper = lower.reshape((1,) + tuple(shape)), upper.reshape((1,) + tuple(shape))
         for entry in specs:
             C, d = entry[0], entry[1]
             spec = entry if hasattr(entry, "strict") else vnnlib.constraint(C, d)
             C, d = np.atleast_2d(np.asarray(C, dtype=np.float64)), np.asarray(d, dtype=np.float64).reshape(-1)
-            units.append(_Unit(lower, upper, C, d, spec, (exact_lower, exact_upper)))
+            units.append(_Unit(lower, upper, C, d, spec, (exact_lower, exact_upper, strict_lower, strict_upper)))
     if not units:
         raise ValueError("the property has no disjuncts (no input box with an output constraint)")
     try:
@@ -129,14 +132,17 @@ def _refuted(unit: _Unit, lower: np.ndarray) -> bool:
 
 
 def _inner_box(unit: _Unit, dtype: str):
-    """(lower, upper) in ``dtype``: the floats of that precision that lie in the real box (may be empty)."""
-    def side(values, direction):
+    """(lower, upper) in ``dtype``: the floats of that precision that lie in the real box (may be empty);
+    a strict input bound (``X_i > a``) excludes a itself."""
+    def side(values, strict, direction):
         out = np.array([vnnlib.rounded(q, direction) for q in values], dtype=np.float64).astype(dtype)
-        wrong_side = [(Fraction(float(v)) < q) if direction > 0 else (Fraction(float(v)) > q)
-                      for v, q in zip(out, values)]  # the cast to dtype rounded past the real bound
+        wrong_side = [(Fraction(float(v)) < q or (s and Fraction(float(v)) == q)) if direction > 0 else
+                      (Fraction(float(v)) > q or (s and Fraction(float(v)) == q))
+                      for v, q, s in zip(out, values, strict)]  # the cast rounded onto or past the bound
         out = np.where(wrong_side, np.nextafter(out, np.array(direction * np.inf, dtype=dtype)), out)
         return out.reshape(unit.lower.shape)
-    return side(unit.exact[0], +1), side(unit.exact[1], -1)
+    strict_lower, strict_upper = unit.exact[2], unit.exact[3]
+    return side(unit.exact[0], strict_lower, +1), side(unit.exact[1], strict_upper, -1)
 
 
 def _check(net64, net32, unit: _Unit, x, execution: str):
@@ -150,15 +156,25 @@ def _check(net64, net32, unit: _Unit, x, execution: str):
     x = np.clip(np.asarray(x, dtype=np.float64).reshape(unit.lower.shape).astype(execution), lower, upper)
     y64, y32 = _forward(net64, x.astype(np.float64))[0], _forward(net32, x.astype(np.float32))[0].astype(np.float64)
     y_p = y32 if execution == "float32" else y64
-    return (x.astype(np.float64), y32) if _violates(unit, [Fraction(float(v)) for v in y_p]) else None
+    return (x.astype(np.float64), y32) if _violates(unit, y_p) else None
 
 
-def _violates(unit: _Unit, y: list) -> bool:
-    """Exactly: does the output y (Fractions) lie in the disjunct's unsafe polytope?"""
+def _violates(unit: _Unit, y) -> bool:
+    """Exactly: does the output y (floats) lie in the disjunct's unsafe polytope?  An infinite output is
+    compared as the float arithmetic of C y gives it; NaN violates nothing."""
     spec = unit.spec
+    y = np.asarray(y, dtype=np.float64)
+    finite = bool(np.all(np.isfinite(y)))
+    exact_y = [Fraction(float(v)) for v in y] if finite else None
     for row, d, strict in zip(unit.C, spec.d_lower, spec.strict):
-        value = sum(Fraction(float(c)) * v for c, v in zip(row, y) if c != 0)
-        if not (value < Fraction(float(d)) if strict else value <= Fraction(float(d))):
+        if finite:
+            value, bound = sum(Fraction(float(c)) * v for c, v in zip(row, exact_y) if c != 0), Fraction(float(d))
+        else:
+            with np.errstate(invalid="ignore"):
+                value, bound = float(np.sum(row[row != 0] * y[row != 0])), float(d)
+            if not np.isinf(value):  # finite or NaN: no infinite violation to judge exactly
+                return False
+        if not (value < bound if strict else value <= bound):
             return False
     return True
 
@@ -236,6 +252,7 @@ def verify(net, disjuncts, domains=DEFAULT_DOMAINS, timeout=None, complete: bool
         or nn.parameter_dtype(net) or "float32"
     if execution == "exact":
         raise ValueError("verify needs an execution precision (float32 or float64): a counterexample is a float")
+    fp.check_range(net, execution)
     with fp.use(execution=execution):
         return _verify(net, disjuncts, names, began, deadline, complete, seed, attack_steps, restarts,
                        input_shape, execution, confirm)
@@ -255,7 +272,7 @@ def _verify(net, disjuncts, names, began, deadline, complete, seed, attack_steps
             return found
         flat = found[0].reshape(-1) if perm is None else found[0].reshape(-1)[np.argsort(perm)]
         y = np.asarray(confirm(flat.astype(execution)), dtype=np.float64).reshape(-1)
-        return found if _violates(unit, [Fraction(float(v)) for v in y]) else None
+        return found if _violates(unit, y) else None
 
     def outcome(status, message, found=None):
         x, y = (None, None) if found is None else found
@@ -270,7 +287,8 @@ def _verify(net, disjuncts, names, began, deadline, complete, seed, attack_steps
 
     open_units = []
     for unit in units:
-        if any(lo > hi for lo, hi in zip(*unit.exact)):
+        lows, highs, strict_lows, strict_highs = unit.exact
+        if any(lo > hi or (lo == hi and (sl or sh)) for lo, hi, sl, sh in zip(lows, highs, strict_lows, strict_highs)):
             prove("empty box")  # no x at all: nothing to violate
         else:
             open_units.append(unit)

@@ -215,3 +215,44 @@ def test_deeppoly_relu_chord_lies_above_relu_exactly(dtype):
         a, b = Fraction(float(a)), Fraction(float(b))
         for x in (Fraction(float(lo_)), Fraction(float(up_))):  # relu convex: above at both ends suffices
             assert a * x + b >= max(x, Fraction(0))
+
+
+# --- found by the adversarial review: overflow of the execution, strict input bounds -----------------
+def _overflow_net(dtype):
+    """h1 = 1e20·x, h2 = 1e20·h1, y0 = 1e-37·h2, y1 = 1e4: exactly y0 ≈ 1000·x < y1 on [0, 1], but a float32
+    execution at x = 1 overflows (h2 = inf, y0 = inf > y1)."""
+    return nn.Sequential(_linear([[1e20]], [0.0], dtype), _linear([[1e20]], [0.0], dtype),
+                         _linear([[1e-37], [0.0]], [0.0, 1e4], dtype))
+
+
+@pytest.mark.parametrize("domain", ["box", "deepzono", "hbox", "deeppoly", "crown-ibp"])
+def test_an_execution_that_may_overflow_is_never_verified(domain):
+    from refcert import certify
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert np.float32(1e-37) * (np.float32(1e20) * (np.float32(1e20) * np.float32(1.0))) == np.inf
+        for net, x, kw in ((_overflow_net("float32"), np.array([[0.5]]), {}),                  # float64 bounds
+                           (_overflow_net("float64"), np.array([[0.5]]), {"execution": "float32"})):
+            assert certify(net, x, [1], 0.5, domain=domain, **kw).verdicts[0] != "verified"
+        # in float64 executions nothing overflows: the same net is verified
+        assert certify(_overflow_net("float64"), np.array([[0.5]]), [1], 0.5, domain=domain).verdicts[0] == "verified"
+
+
+def test_parameters_outside_the_execution_range_are_refused():
+    from refcert import certify
+    net = nn.Sequential(_linear([[1e39]], [0.0]), _linear([[1.0], [0.0]], [0.0, 1.0]))
+    with pytest.raises(ValueError, match="float64"):
+        certify(net, np.array([[0.5]]), [1], 0.1, domain="box", execution="float32")
+    net = nn.Sequential(_linear([[1e-40]], [0.0]), _linear([[1.0], [0.0]], [0.0, 1.0]))
+    with pytest.raises(ValueError, match="smallest normal"):
+        certify(net, np.array([[0.5]]), [1], 0.1, domain="box", execution="float32")
+
+
+def test_a_strict_input_bound_excludes_its_end_from_counterexamples(tmp_path):
+    net = nn.Sequential(_linear([[-1.0]], [0.0]))  # y0 = −x: the unsafe set y0 ≥ 0 needs x ≤ 0, excluded
+    path = tmp_path / "p.vnnlib"
+    path.write_text("(declare-const X_0 Real) (declare-const Y_0 Real)\n"
+                    "(assert (> X_0 0.0)) (assert (<= X_0 1.0)) (assert (>= Y_0 0.0))\n")
+    disjuncts = vnnlib.read_vnnlib(path)
+    assert disjuncts[0].strict_lower == [True]
+    for execution in DTYPES:
+        assert verify(net, disjuncts, execution=execution).status != "sat"

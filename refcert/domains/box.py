@@ -94,14 +94,17 @@ def _affine(x: Box, center: Tensor, abs_map, abs_bias, n: int, parameter) -> Box
     r' = |A|(r + G·M) + G|b| + floor (``fp.folded``; proofs/floating_point.md §3).  The error terms are
     constants, computed on raw arrays."""
     r = x.radius
-    terms = fp.folded(n, r.dtype, fp.execution_dtype(getattr(parameter, "dtype", None), r.dtype))
+    execution = fp.execution_dtype(getattr(parameter, "dtype", None), r.dtype)
+    terms = fp.folded(n, r.dtype, execution)
     if terms is None:
         return _from_center_radius(center, abs_map(r))
     g, floor = terms
     xp = backends.current().xp
     spread = Tensor(xp.maximum(xp.abs(x.lower.value), xp.abs(x.upper.value)) * g)
     offset = floor if abs_bias is None else Tensor(xp.abs(abs_bias.value) * g + floor)
-    return _from_center_radius(center, abs_map(r + spread) + offset)
+    radius = abs_map(r + spread) + offset
+    may_overflow = radius.value >= fp.folded_limit(g, n, execution)  # an execution may overflow: no bound
+    return _from_center_radius(center, ad.where(may_overflow, xp.full_like(radius.value, np.inf), radius))
 
 
 def linear(x: Box, *, weight: Tensor, bias: Tensor | None) -> Box:

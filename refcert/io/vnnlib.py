@@ -157,10 +157,13 @@ def _read_text(path):
 
 
 class Disjunct(tuple):
-    """(lower, upper, [Constraint, ...]): the float box rounded outward; ``exact_lower``/``exact_upper``
-    the real box (lists of Fractions), for membership tests and inward rounding."""
+    """(lower, upper, [Constraint, ...]): the float box rounded outward (the closure of the real box);
+    ``exact_lower``/``exact_upper`` the real box (lists of Fractions) and ``strict_lower``/``strict_upper``
+    which of its bounds are strict (``X_i > a``), for membership tests and inward rounding."""
     exact_lower: list
     exact_upper: list
+    strict_lower: list
+    strict_upper: list
 
 
 class Constraint(tuple):
@@ -220,16 +223,23 @@ def read_vnnlib(path):
     grouped = {}
     for conjunct in formula:
         lower, upper = [None] * n_in, [None] * n_in
+        strict_lower, strict_upper = [False] * n_in, [False] * n_in
         rows, rhs, strict = [], [], []
         for terms, constant, is_strict in conjunct:
             on_x = [k for k in terms if k[0] == "X" and terms[k] != 0]
             if on_x and len(terms) == 1:
                 index, a = int(on_x[0][2:]), terms[on_x[0]]
-                bound = -constant / a  # a strict bound on an input is read as non-strict (its closure)
+                bound = -constant / a  # the float box is the closure; strictness is kept for membership
                 if a > 0:
-                    upper[index] = bound if upper[index] is None else min(upper[index], bound)
+                    if upper[index] is None or bound < upper[index]:
+                        upper[index], strict_upper[index] = bound, is_strict
+                    elif bound == upper[index]:
+                        strict_upper[index] |= is_strict
                 else:
-                    lower[index] = bound if lower[index] is None else max(lower[index], bound)
+                    if lower[index] is None or bound > lower[index]:
+                        lower[index], strict_lower[index] = bound, is_strict
+                    elif bound == lower[index]:
+                        strict_lower[index] |= is_strict
             elif on_x:
                 raise VnnlibError(f"{where}: constraint {terms} mixes inputs with other variables (unsupported)")
             else:
@@ -242,10 +252,11 @@ def read_vnnlib(path):
         missing = [i for i in range(n_in) if lower[i] is None or upper[i] is None]
         if missing:
             raise VnnlibError(f"{where}: inputs X_{missing[0]} (and {len(missing) - 1} more) lack a lower or upper bound")
-        key = (tuple(lower), tuple(upper))
+        key = (tuple(lower), tuple(upper), tuple(strict_lower), tuple(strict_upper))
         if key not in grouped:
             box = Disjunct((np.array([rounded(q, -1) for q in lower]), np.array([rounded(q, +1) for q in upper]), []))
             box.exact_lower, box.exact_upper = lower, upper
+            box.strict_lower, box.strict_upper = strict_lower, strict_upper
             grouped[key] = box
         C = np.array([[float(c) for c in row] for row in rows], dtype=np.float64).reshape(len(rows), n_out)
         entry = Constraint((C, np.array([float(v) for v in rhs], dtype=np.float64)))
