@@ -137,6 +137,14 @@ class Tensor:
                 grads[key] = contribution if key not in grads else grads[key] + contribution
 
 
+def constant(value) -> Tensor:
+    """A Tensor around an array that is already the active backend's (no conversion, no gradient): the fast
+    wrap for computed constants such as refcert.fp's error radii."""
+    out = Tensor.__new__(Tensor)
+    out.value, out.grad, out._node, out.requires_grad = value, None, None, False
+    return out
+
+
 def _row_major(a):
     """``a`` itself when it is stored row-major; else a row-major copy (reshape copies exactly then)."""
     xp = _xp()

@@ -166,7 +166,7 @@ def radius(magnitude, n: int, *, execution="auto", count: int = 1):
     execution = execution_dtype(None, dtype) if execution == "auto" else execution
     floor = (2 * n + 12) * count * (tiny(dtype) + tiny(execution))
     out = value * error_factor(n, dtype, execution) + floor
-    return ad.Tensor(overflowing(out, value >= overflow_limit(execution, n)))
+    return ad.constant(overflowing(out, value >= overflow_limit(execution, n)))
 
 
 def overflow_limit(execution, n: int) -> float:

@@ -75,8 +75,9 @@ def _from_center_radius(c: Tensor, r: Tensor, error: Tensor | None = None) -> Bo
 
 
 def magnitude(x: Box) -> Tensor:
-    """M = max(|lower|, |upper|) ≥ |x| for every x of the box (exact)."""
-    return ad.maximum(ad.abs(x.lower), ad.abs(x.upper))
+    """M = max(|lower|, |upper|) ≥ |x| for every x of the box (exact; a constant, computed on raw arrays)."""
+    xp = backends.current().xp
+    return ad.constant(xp.maximum(xp.abs(x.lower.value), xp.abs(x.upper.value)))
 
 
 def _error(x: Box, image, n: int, parameter=None):
@@ -100,8 +101,8 @@ def _affine(x: Box, center: Tensor, abs_map, abs_bias, n: int, parameter) -> Box
         return _from_center_radius(center, abs_map(r))
     g, floor = terms
     xp = backends.current().xp
-    spread = Tensor(xp.maximum(xp.abs(x.lower.value), xp.abs(x.upper.value)) * g)
-    offset = floor if abs_bias is None else Tensor(xp.abs(abs_bias.value) * g + floor)
+    spread = ad.constant(magnitude(x).value * g)
+    offset = floor if abs_bias is None else ad.constant(xp.abs(abs_bias.value) * g + floor)
     radius = abs_map(r + spread) + offset
     may_overflow = radius.value >= fp.folded_limit(g, n, execution)  # an execution may overflow: no bound
     return _from_center_radius(center, ad.where(may_overflow, xp.full_like(radius.value, np.inf), radius))

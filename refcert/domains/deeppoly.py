@@ -230,13 +230,13 @@ def _errors(x: DeepPoly, coefficient, n: int, *, constant=None, parameter=None, 
         constant = None if constant is None else xp.broadcast_to(xp.abs(constant.value), image.shape)
         total = image if constant is None else image + constant
         execution = fp.execution_dtype(getattr(parameter, "dtype", None), magnitude.dtype) if executes else None
-        slack = fp.radius(Tensor(total), n, execution=execution).value
+        slack = fp.radius(ad.constant(total), n, execution=execution).value
         size = int(np.prod(image.shape[1:], dtype=np.int64))
         if constant is not None:
-            slack = slack + fp.radius(Tensor(constant), size + 1, execution=None).value
+            slack = slack + fp.radius(ad.constant(constant), size + 1, execution=None).value
         spread = xp.sum(xp.reshape(magnitude.value, (magnitude.shape[0], -1)), axis=1)
         floor = (spread + float(size + 1)) * (2.0 * (max(n, size) + 2) * fp.tiny(magnitude.dtype))
-    return {"slack": Tensor(slack), "floor": Tensor(floor)}
+    return {"slack": ad.constant(slack), "floor": ad.constant(floor)}
 
 
 def _affine(x: DeepPoly, op: str, params: dict, image: box.Box, errors: dict) -> DeepPoly:
@@ -295,10 +295,10 @@ def _relaxed(x: DeepPoly, step: RelaxStep) -> RelaxStep:
     coefficients and γ·|lam|(2|b_u| + |b_l|) in the constant (proofs/floating_point.md §5)."""
     if not fp.policy().sound:
         return step
-    with ad.no_grad():
-        slopes = 2.0 * ad.abs(step.upper_slope) + ad.abs(step.lower_slope)
-        offsets = 2.0 * ad.abs(step.upper_offset) + ad.abs(step.lower_offset)
-        errors = _errors(x, lambda m: slopes * m, 3, constant=offsets, executes=False)
+    xp = backends.current().xp
+    slopes = 2.0 * xp.abs(step.upper_slope.value) + xp.abs(step.lower_slope.value)
+    offsets = ad.constant(2.0 * xp.abs(step.upper_offset.value) + xp.abs(step.lower_offset.value))
+    errors = _errors(x, lambda m: ad.constant(slopes * m.value), 3, constant=offsets, executes=False)
     return dataclasses.replace(step, **errors)
 
 

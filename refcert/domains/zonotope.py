@@ -66,7 +66,7 @@ class Zonotope:
         inf = xp.full_like(r, np.inf)
         r = xp.nextafter(r, inf)
         c = self.center.value
-        return Tensor(xp.maximum(xp.abs(xp.nextafter(c - r, -inf)), xp.abs(xp.nextafter(c + r, inf))))
+        return ad.constant(xp.maximum(xp.abs(xp.nextafter(c - r, -inf)), xp.abs(xp.nextafter(c + r, inf))))
 
 
 def from_bounds(lower, upper, *, domain: str) -> Zonotope:

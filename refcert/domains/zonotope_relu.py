@@ -55,10 +55,10 @@ def with_error(z, lam: Tensor, mu: Tensor, nu: Tensor, *, hybrid: bool, magnitud
         xp = backends.current().xp
         m = (z.magnitude() if magnitude is None else magnitude).value
         image = xp.abs(lam.value) * m + xp.abs(mu.value) + nu.value
-        error = fp.radius(Tensor(image), 1, execution=None, count=z.generators.shape[1] + 2)
+        error = fp.radius(ad.constant(image), 1, execution=None, count=z.generators.shape[1] + 2)
         beta = beta + error
         bound = fp.compensate(image + error.value, 4)
-        hint = Tensor(xp.nextafter(bound, xp.full_like(bound, np.inf)))
+        hint = ad.constant(xp.nextafter(bound, xp.full_like(bound, np.inf)))
     if hybrid:
         beta = beta + nu
     else:
