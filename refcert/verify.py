@@ -8,13 +8,15 @@ disjuncts still open, cheapest method first:
    lower bound of C_i y − d_i above 0 over the box (C is applied as a final ``linear`` layer, as in
    ``refcert.spec``, so relational domains keep correlations);
 3. PGD inside each box on max_i (C_i y − d_i) (Madry et al. ICLR'18, Sec. 2, with this objective);
-4. with ``complete=True``, the exact MILP of ``refcert.exact.find_violation`` (Tjeng et al. ICLR'19).
+4. with ``complete=True``, the exact MILP of ``refcert.exact.find_violation`` (Tjeng et al. ICLR'19) looks
+   for a counterexample, and input splitting (bisect the widest coordinate, bound each piece) proves.
 *unsat* and *sat* carry the guarantee of proofs/floating_point.md, for the real box (VNN-LIB decimals read
 exactly) and every execution in ``execution`` precision (default: the ONNX file's dtype; VNN-COMP checks
 with onnxruntime in float32): *unsat* needs every disjunct proved by a sound bound (a strict unsafe row
 C_i y < d_i is refuted by a bound ≥ d_i, a non-strict one by a bound > d_i); *sat* needs a point of the
 execution precision inside the real box (exact test) at which an execution in that precision (refcert's
-own forward pass; what a VNN-COMP checker re-runs) violates every row of one disjunct, compared exactly.  An exact MILP's
+own forward pass; what a VNN-COMP checker re-runs) violates every row of one disjunct, compared exactly.
+An exact MILP's
 "infeasible" rests on a solver's tolerances, so under the sound policy it proves nothing; ``complete``
 then splits the input box instead (sound domains on the pieces) and uses the MILP to find counterexamples.
 Bounds are computed on a float64 copy of the net.  Boxes are given flat in VNN-LIB (ONNX) order and
