@@ -150,13 +150,15 @@ def error_factor(n: int, computation_dtype, execution=None) -> float:
     return first_order * (1.0 + 2.0 * gamma(n + 6, computation_dtype))
 
 
-def radius(magnitude, n: int, *, execution="auto", count: int = 1):
+def radius(magnitude, n: int, *, execution="auto", count: int = 1, peak: float = 1.0):
     """The error radius of a transformer: F·m + (2n + 12)·count·(tiny_c + tiny_e), a constant Tensor.
 
     ``magnitude`` m ≥ 0 (Tensor) is |A| M + |b| computed in floats: A the layer's linear map, M ≥ |x| a
     bound on its input, b its constant; ``n`` bounds the number of terms of every sum; ``count`` the
     number of values each output is made from (a zonotope's generator count + 1: underflow is absolute).
     ``execution`` 'auto' takes ``execution_dtype`` of the magnitude's dtype; pass a dtype name or None.
+    ``peak``: the execution's largest intermediate value is at most peak·m (average pooling sums k² values
+    before dividing: k²; normalisation subtracts before dividing by s: max(1, |s|)), for the overflow test.
     Returns None when the policy is not sound.
     """
     if not policy().sound:
@@ -166,7 +168,7 @@ def radius(magnitude, n: int, *, execution="auto", count: int = 1):
     execution = execution_dtype(None, dtype) if execution == "auto" else execution
     floor = (2 * n + 12) * count * (tiny(dtype) + tiny(execution))
     out = value * error_factor(n, dtype, execution) + floor
-    return ad.constant(overflowing(out, value >= overflow_limit(execution, n)))
+    return ad.constant(overflowing(out, value * peak >= overflow_limit(execution, n)))
 
 
 def overflow_limit(execution, n: int) -> float:

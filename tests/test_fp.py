@@ -256,3 +256,25 @@ def test_a_strict_input_bound_excludes_its_end_from_counterexamples(tmp_path):
     assert disjuncts[0].strict_lower == [True]
     for execution in DTYPES:
         assert verify(net, disjuncts, execution=execution).status != "sat"
+
+
+@pytest.mark.parametrize("layer", ["avg_pool", "normalize"])
+@pytest.mark.parametrize("domain", ["box", "deepzono", "deeppoly", "crown-ibp"])
+def test_an_overflowing_intermediate_sum_is_never_verified(layer, domain):
+    """Average pooling sums k² values before dividing, normalisation subtracts before dividing by s: the
+    execution's intermediate values exceed the layer's output.  With v = 0.6·(float32 max), the float32
+    execution of AvgPool2d(2) on four v (or of (v − (−v))/4) overflows to inf, though the real output v is
+    finite: bounds computed in float64 must not verify a float32 execution (second adversarial review)."""
+    from refcert import certify
+    v = np.float32(np.finfo(np.float32).max * 0.6)
+    t = float(np.finfo(np.float32).tiny)
+    head = _linear([[-t], [t]], [3.0, -3.0])
+    if layer == "avg_pool":
+        net, x = nn.Sequential(nn.AvgPool2d(2, 2), nn.Flatten(), head), np.full((1, 1, 2, 2), float(v))
+    else:
+        net, x = nn.Sequential(nn.Normalize(mean=[-float(v)], std=[4.0], dtype="float64"), head), np.full((1, 1), float(v))
+    with np.errstate(over="ignore", invalid="ignore"):
+        y32 = nn.Sequential(*net.layers).astype("float32")(Tensor(x.astype(np.float32))).numpy()
+    assert not np.all(np.isfinite(y32))  # the float32 execution overflows
+    assert certify(net, x, [0], 0.0, domain=domain, clip=None, execution="float32").verdicts[0] != "verified"
+    assert certify(net, x, [0], 0.0, domain=domain, clip=None, execution="float64").verdicts[0] == "verified"

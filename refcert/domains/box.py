@@ -80,14 +80,14 @@ def magnitude(x: Box) -> Tensor:
     return ad.constant(xp.maximum(xp.abs(x.lower.value), xp.abs(x.upper.value)))
 
 
-def _error(x: Box, image, n: int, parameter=None):
+def _error(x: Box, image, n: int, parameter=None, peak: float = 1.0):
     """fp's error radius of an affine layer: image(M) = |A| M + |b| for the layer's matrix A and constant b
     (a constant: computed without gradient); n bounds the terms of every sum.  None when not sound."""
     if not fp.policy().sound:
         return None
     with ad.no_grad():
         execution = fp.execution_dtype(getattr(parameter, "dtype", None), x.lower.dtype)
-        return fp.radius(image(magnitude(x)), n, execution=execution)
+        return fp.radius(image(magnitude(x)), n, execution=execution, peak=peak)
 
 
 def _affine(x: Box, center: Tensor, abs_map, abs_bias, n: int, parameter) -> Box:
@@ -106,6 +106,11 @@ def _affine(x: Box, center: Tensor, abs_map, abs_bias, n: int, parameter) -> Box
     radius = abs_map(r + spread) + offset
     may_overflow = radius.value >= fp.folded_limit(g, n, execution)  # an execution may overflow: no bound
     return _from_center_radius(center, ad.where(may_overflow, xp.full_like(radius.value, np.inf), radius))
+
+
+def std_peak(std: Tensor) -> float:
+    """(x − m) is formed before the division by s: its size is up to max(1, |s|) times the result's."""
+    return max(1.0, float(np.max(np.abs(std.numpy()))))
 
 
 def linear(x: Box, *, weight: Tensor, bias: Tensor | None) -> Box:
@@ -133,7 +138,7 @@ def normalize(x: Box, *, mean: Tensor, std: Tensor) -> Box:
     image = lambda m: point.normalize(m, mean=-ad.abs(mean), std=ad.abs(std), feature_ndim=feature_ndim)
     return _from_center_radius(point.normalize(x.center, mean=mean, std=std, feature_ndim=feature_ndim),
                                point.scale_by_std(x.radius, std=ad.abs(std), feature_ndim=feature_ndim),
-                               _error(x, image, 2, mean))
+                               _error(x, image, 2, mean, peak=std_peak(std)))
 
 
 def flatten(x: Box) -> Box:
@@ -145,7 +150,7 @@ def avg_pool2d(x: Box, *, kernel_size: int, stride: int, padding: int = 0) -> Bo
     """Averaging has non-negative weights, so it is monotone: apply it to each bound (proofs/box.md);
     rounding: ∓ fp.radius(avg(M)), n = k² + 1."""
     pool = lambda t: point.avg_pool2d(t, kernel_size=kernel_size, stride=stride, padding=padding)
-    error = _error(x, pool, kernel_size * kernel_size + 1)
+    error = _error(x, pool, kernel_size * kernel_size + 1, peak=kernel_size * kernel_size)
     return Box(fp.plus(pool(x.lower), None if error is None else -error), fp.plus(pool(x.upper), error))
 
 

@@ -214,7 +214,8 @@ def _box(x: DeepPoly) -> box.Box:
     return box.Box(x.lower, x.upper)
 
 
-def _errors(x: DeepPoly, coefficient, n: int, *, constant=None, parameter=None, executes: bool = True) -> dict:
+def _errors(x: DeepPoly, coefficient, n: int, *, constant=None, parameter=None, executes: bool = True,
+            peak: float = 1.0) -> dict:
     """``slack`` and ``floor`` of a step whose input is x (proofs/floating_point.md §5), as keyword
     arguments for the step (empty when not sound).  ``coefficient(M)`` is |A| M for the step's (relaxed)
     linear part and input magnitude M; ``constant`` its |b| (output shape; a Tensor or a function of M); n bounds the terms of every
@@ -230,7 +231,7 @@ def _errors(x: DeepPoly, coefficient, n: int, *, constant=None, parameter=None, 
         constant = None if constant is None else xp.broadcast_to(xp.abs(constant.value), image.shape)
         total = image if constant is None else image + constant
         execution = fp.execution_dtype(getattr(parameter, "dtype", None), magnitude.dtype) if executes else None
-        slack = fp.radius(ad.constant(total), n, execution=execution).value
+        slack = fp.radius(ad.constant(total), n, execution=execution, peak=peak).value
         size = int(np.prod(image.shape[1:], dtype=np.int64))
         if constant is not None:
             slack = slack + fp.radius(ad.constant(constant), size + 1, execution=None).value
@@ -271,7 +272,8 @@ def conv2d(x: DeepPoly, *, weight: Tensor, bias: Tensor | None, stride: int, pad
 def avg_pool2d(x: DeepPoly, *, kernel_size: int, stride: int, padding: int = 0) -> DeepPoly:
     """Average pooling; back-substitution: the transposed pooling."""
     params = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
-    errors = _errors(x, lambda m: point.avg_pool2d(m, **params), kernel_size * kernel_size + 1)
+    errors = _errors(x, lambda m: point.avg_pool2d(m, **params), kernel_size * kernel_size + 1,
+                     peak=kernel_size * kernel_size)
     return _affine(x, "avg_pool2d", params, box.avg_pool2d(_box(x), **params), errors)
 
 
@@ -280,7 +282,7 @@ def normalize(x: DeepPoly, *, mean: Tensor, std: Tensor) -> DeepPoly:
     nd = x.lower.ndim - 1
     constant = lambda m: point.normalize(m * 0.0, mean=-ad.abs(mean), std=ad.abs(std), feature_ndim=nd)
     errors = _errors(x, lambda m: point.scale_by_std(m, std=ad.abs(std), feature_ndim=nd), 2,
-                     constant=constant, parameter=mean)
+                     constant=constant, parameter=mean, peak=box.std_peak(std))
     step = AffineStep("normalize", {"mean": mean, "std": std}, tuple(x.lower.shape[1:]), **errors)
     return _push(x, step, box.normalize(_box(x), mean=mean, std=std), backsubstitute=False)
 

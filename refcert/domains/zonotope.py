@@ -27,7 +27,7 @@ from refcert import backends, domains, fp
 from refcert.autodiff import Tensor
 from refcert.domains import point
 from refcert.domains import zonotope_relu as nonlinear
-from refcert.domains.box import check_bounds
+from refcert.domains.box import check_bounds, std_peak
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def _with(z: Zonotope, center: Tensor, generators: Tensor, box_radius: Tensor, e
     return Zonotope(center, generators, fp.plus(box_radius, error), z.domain)
 
 
-def _error(z: Zonotope, image, n: int, parameter=None, others=()):
+def _error(z: Zonotope, image, n: int, parameter=None, others=(), peak: float = 1.0):
     """fp's error radius of an affine layer: image(M) = |A| M + |b|, M = z's magnitude (+ those of
     ``others``, the other branch of a residual merge); n bounds the terms of every sum."""
     if not fp.policy().sound:
@@ -102,7 +102,7 @@ def _error(z: Zonotope, image, n: int, parameter=None, others=()):
             magnitude = magnitude + other.magnitude()
         count = z.generators.shape[1] + sum(o.generators.shape[1] for o in others) + 1
         execution = fp.execution_dtype(getattr(parameter, "dtype", None), z.center.dtype)
-        return fp.radius(image(magnitude), n, execution=execution, count=count)
+        return fp.radius(image(magnitude), n, execution=execution, count=count, peak=peak)
 
 
 def _abs_or_none(t):
@@ -140,7 +140,7 @@ def normalize(z: Zonotope, *, mean: Tensor, std: Tensor) -> Zonotope:
     return _with(z, point.normalize(z.center, mean=mean, std=std, feature_ndim=nd),
                  point.scale_by_std(z.generators, std=std, feature_ndim=nd),
                  point.scale_by_std(z.box_radius, std=ad.abs(std), feature_ndim=nd),
-                 _error(z, image, 2, mean))
+                 _error(z, image, 2, mean, peak=std_peak(std)))
 
 
 def flatten(z: Zonotope) -> Zonotope:
@@ -156,7 +156,7 @@ def avg_pool2d(z: Zonotope, *, kernel_size: int, stride: int, padding: int = 0) 
     rounding: + fp.radius(avg(M)), n = k² + 1."""
     pool = partial(point.avg_pool2d, kernel_size=kernel_size, stride=stride, padding=padding)
     return _with(z, pool(z.center), pool(z.generators), pool(z.box_radius),
-                 _error(z, pool, kernel_size * kernel_size + 1))
+                 _error(z, pool, kernel_size * kernel_size + 1, peak=kernel_size * kernel_size))
 
 
 def add(a: Zonotope, b: Zonotope, *, origin=None) -> Zonotope:
