@@ -173,6 +173,7 @@ def test_hybrid_bounds_contain_pure_bounds(pure, seed, eps):
         assert np.all(h_lo <= p_lo + 1e-9) and np.all(h_hi >= p_hi - 1e-9)
 
 
+@pytest.mark.usefixtures("plain")
 def test_sigmoid_on_a_point_is_exact():
     for name in ("deepzono", "hbox"):
         x = np.array([[-30.0, -0.7, 0.0, 2.5, 30.0]])
