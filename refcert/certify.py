@@ -204,7 +204,7 @@ def certify(net, x, labels, eps, domain="deepzono", clip=(0.0, 1.0), attack: boo
     execution = fp.check_execution(execution) if execution is not None else fp.policy().execution
     execution = execution or nn.parameter_dtype(net)
     nn.check_finite(net)
-    fp.check_range(net, execution)
+    nn.check_range(net, execution)
     with fp.use(execution=execution):
         return _certify(net, x, labels, eps, domain, clip, attack, pgd_steps, pgd_restarts, batch_size, rng)
 

@@ -189,32 +189,6 @@ def overflowing(radius, where):
     return xp.where(where, xp.full_like(radius, np.inf), radius)
 
 
-def check_range(net, execution) -> None:
-    """A network whose parameters, rounded to the execution precision, would overflow or underflow (the
-    error model assumes neither) is refused for that precision with a clear ValueError."""
-    if execution not in ("float32", "float64"):
-        return
-    info = np.finfo(execution)
-    for name, value in _parameters(net):
-        a = np.abs(value.astype(np.float64))
-        if np.any(a > info.max):
-            raise ValueError(f"parameter {name} has values up to {a.max():.3g}, beyond {execution}'s range: "
-                             f"choose execution='float64'")
-        if np.any((a > 0) & (a < info.tiny)):
-            raise ValueError(f"parameter {name} has non-zero values below {execution}'s smallest normal "
-                             f"number ({info.tiny:.3g}): choose execution='float64'")
-
-
-def _parameters(net):
-    stack = [(net, "")]
-    while stack:
-        module, prefix = stack.pop()
-        for key, value in module.params.items():
-            if isinstance(value, ad.Tensor):
-                yield f"{prefix}{type(module).__name__}.{key}", value.numpy()
-        stack.extend((child, f"{prefix}{i}.") for i, child in enumerate(module.children()))
-
-
 def folded(n: int, computation_dtype, execution):
     """(G, floor) for Box's one-product form r' = |A|(r + G·M) + G|b| + floor of ``radius``: computing
     |A| r inside the same product costs another γₙ₊₄ relative to |A| M (proofs/floating_point.md §3), so
@@ -274,9 +248,7 @@ def compensate(t, n: int):
 def sum_up(t, n: int):
     """An upper bound of a sum of n non-negative terms whose float value is t:
     exact ≤ t / (1 − γₙ) ≤ t·(1 + 2γₙ₊₁), the product rounded up."""
-    if not policy().sound:
-        return t
-    return up(t * (1.0 + 2.0 * gamma(n + 1, getattr(t, "dtype", np.float64))))
+    return up(compensate(t, n))
 
 
 def mid_rad(lower, upper):

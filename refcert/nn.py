@@ -222,35 +222,48 @@ class Residual(Module):
         return f"Residual(block={self.block!r}, shortcut={self.shortcut!r})"
 
 
+def tensors(net):
+    """(name, module, array) for every Tensor constant of the network, depth first, e.g. '1.Linear.weight'."""
+    stack = [(net, "")]
+    while stack:
+        module, prefix = stack.pop(0)
+        for key, value in module.params.items():
+            if isinstance(value, Tensor):
+                yield f"{prefix}{type(module).__name__}.{key}", module, value.numpy()
+        stack[:0] = [(child, f"{prefix}{i}.") for i, child in enumerate(module.children())]
+
+
 def check_finite(net) -> None:
     """Refuse a network that no certificate can be about: a NaN or infinite weight, bias or normalisation
     constant, or a normalisation std that is not > 0.  Raises ValueError naming the layer and parameter."""
-    def walk(module, path):
-        for key, value in module.params.items():
-            if isinstance(value, Tensor):
-                array = value.numpy()
-                bad = ~np.isfinite(array)
-                if bad.any():
-                    raise ValueError(f"layer {path}{type(module).__name__}: parameter {key!r} has {int(bad.sum())} "
-                                     f"NaN or infinite value(s) of {array.size}; weights, biases and normalisation "
-                                     f"constants must be finite")
-        if module.op == "normalize" and not np.all(module.params["std"].numpy() > 0):
-            raise ValueError(f"layer {path}Normalize: std must be > 0, got {module.params['std'].numpy().tolist()}")
-        for i, child in enumerate(module.children()):
-            walk(child, f"{path}{i}.")
-    walk(net, "")
+    for name, module, array in tensors(net):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            raise ValueError(f"layer parameter {name} has {int(bad.sum())} NaN or infinite value(s) of {array.size}; "
+                             f"weights, biases and normalisation constants must be finite")
+        if module.op == "normalize" and name.endswith(".std") and not np.all(array > 0):
+            raise ValueError(f"layer {name}: Normalize needs std > 0, got {array.tolist()}")
+
+
+def check_range(net, execution) -> None:
+    """A network whose parameters, rounded to the execution precision, would overflow or underflow (the
+    floating-point error model assumes neither, proofs/floating_point.md §2) is refused for that precision."""
+    if execution not in ("float32", "float64"):
+        return
+    info = np.finfo(execution)
+    for name, _, array in tensors(net):
+        a = np.abs(array.astype(np.float64))
+        if np.any(a > info.max):
+            raise ValueError(f"parameter {name} has values up to {a.max():.3g}, beyond {execution}'s range: "
+                             f"choose execution='float64'")
+        if np.any((a > 0) & (a < info.tiny)):
+            raise ValueError(f"parameter {name} has non-zero values below {execution}'s smallest normal "
+                             f"number ({info.tiny:.3g}): choose execution='float64'")
 
 
 def parameter_dtype(net) -> str | None:
     """The dtype of the network's first parameter (its precision), or None for a network without any."""
-    stack = [net]
-    while stack:
-        module = stack.pop(0)
-        for value in module.params.values():
-            if isinstance(value, Tensor):
-                return str(value.numpy().dtype)
-        stack.extend(module.children())
-    return None
+    return next((str(array.dtype) for _, _, array in tensors(net)), None)
 
 
 #: layer classes by name, for refcert.save / refcert.load

@@ -92,7 +92,7 @@ def certify_segment(net, x_from, x_to, label: int, domain: str = "exactline",
         raise ValueError(f"certify_segment: label {label} outside 0..{n - 1}")
     start = time.perf_counter()
     execution = fp.policy().execution or nn.parameter_dtype(net)
-    fp.check_range(net, execution)
+    nn.check_range(net, execution)
     with no_grad(), fp.use(execution=execution):
         element = _element(domain, a, b, budget)
         out = interpret.run(_layers(net), element)

@@ -254,7 +254,7 @@ def verify(net, disjuncts, domains=DEFAULT_DOMAINS, timeout=None, complete: bool
         or nn.parameter_dtype(net) or "float32"
     if execution == "exact":
         raise ValueError("verify needs an execution precision (float32 or float64): a counterexample is a float")
-    fp.check_range(net, execution)
+    nn.check_range(net, execution)
     with fp.use(execution=execution):
         return _verify(net, disjuncts, names, began, deadline, complete, seed, attack_steps, restarts,
                        input_shape, execution, confirm)

@@ -245,10 +245,6 @@ def _affine(x: DeepPoly, op: str, params: dict, image: box.Box, errors: dict) ->
     return _push(x, step, image, backsubstitute=not _box_exact(x.steps))
 
 
-def _abs_or_none(t):
-    return None if t is None else ad.abs(t)
-
-
 def linear(x: DeepPoly, *, weight: Tensor, bias: Tensor | None) -> DeepPoly:
     """y = W x + b (W (out, in) or per-input (batch, out, in)); back-substitution: lam ↦ lam W."""
     abs_w = ad.abs(weight)
