@@ -103,11 +103,17 @@ def margin_element(net, element, labels, n_classes: int | None = None):
 
 
 def _run(net, element, labels, n: int, execution):
-    spec = Specification(margin_matrix(labels, n, dtype=_float_dtype(net)))
     with fp.use(execution=execution):
-        out = interpret.run(_layers(net), element)
+        return through(_layers(net), element, margin_matrix(labels, n, dtype=_float_dtype(net)))
+
+
+def through(layers, element, C: Tensor):
+    """The element of C·net(x): ``layers`` under the policy's execution precision, then the specification
+    layer C (batch, rows, outputs), which the network never executes (the decision compares outputs
+    exactly), under execution 'exact'.  Shared by certification and ``refcert.verify``."""
+    out = interpret.run(list(layers), element)
     with fp.use(execution="exact"):
-        return interpret.run([spec], out)
+        return interpret.run([Specification(C)], out)
 
 
 def _float_dtype(net) -> str:

@@ -35,11 +35,11 @@ from fractions import Fraction
 
 from refcert import autodiff as ad
 from refcert import domains as domain_registry
-from refcert import fp, interpret, nn
+from refcert import fp, nn
+from refcert.spec import through
 from refcert.autodiff import Tensor
 from refcert.exact import ExactUndecided, find_violation
 from refcert.io import vnnlib
-from refcert.spec import Specification
 
 DEFAULT_DOMAINS = ("deepzono", "deeppoly")
 STATUSES = ("sat", "unsat", "unknown", "timeout")
@@ -185,9 +185,7 @@ def _spec_bounds(net64, element, C):
     """Sound (lower, upper) of C y over ``element`` (flat, (rows,)): the net under the policy's execution
     precision, the rows C (not executed by the network) with execution 'exact'."""
     with ad.no_grad():
-        out = interpret.run([net64, nn.Flatten()], element)
-        with fp.use(execution="exact"):
-            low, high = interpret.run([Specification(Tensor(C[None]))], out).bounds()
+        low, high = through([net64, nn.Flatten()], element, Tensor(C[None])).bounds()
     return low.numpy().reshape(-1), high.numpy().reshape(-1)
 
 
