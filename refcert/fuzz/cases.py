@@ -245,3 +245,13 @@ def shrink_candidates(spec: Spec):
     if spec.n_outputs > 2:
         out.append(replace(spec, n_outputs=spec.n_outputs - 1))
     return out
+
+
+def unfinished(outcome):
+    """(class, detail) for an outcome that decided nothing — 'crash' (an error) or 'incomplete' (unknown,
+    timeout) — else None: the start of every family's classification."""
+    if outcome.status == "error":
+        return "crash", outcome.message
+    if outcome.status in ("unknown", "timeout"):
+        return "incomplete", outcome.status
+    return None

@@ -184,10 +184,9 @@ def _loose_ok(case, x):
 
 def classify(case, outcome, result_path=""):
     """(class, detail) of a verifier's outcome on an fp case (module docstring)."""
-    if outcome.status == "error":
-        return "crash", outcome.message
-    if outcome.status in ("unknown", "timeout"):
-        return "incomplete", outcome.status
+    done = fc.unfinished(outcome)
+    if done is not None:
+        return done
     if outcome.status == "unsat":
         if case.answer == "sat":
             return "unsound", f"says unsat; real witness {_show(case.witness)}; " + _float_note(case)

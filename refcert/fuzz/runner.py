@@ -60,10 +60,9 @@ def check_counterexample(case, x):
 
 def classify(case, outcome):
     """(class, detail) of a verifier's outcome on a case (module docstring)."""
-    if outcome.status == "error":
-        return "crash", outcome.message
-    if outcome.status in ("unknown", "timeout"):
-        return "incomplete", outcome.status
+    done = fc.unfinished(outcome)
+    if done is not None:
+        return done
     if outcome.status == "unsat":
         if case.answer == "sat":
             return "unsound", "says unsat; witness " + np.array2string(case.witness, precision=6, separator=",")
