@@ -73,7 +73,9 @@ def read_eran_csv(path, shape=None):
     if shape is None:
         if width not in KNOWN_SHAPES:
             raise EranFormatError(f"{path}: rows of {width} pixels match neither MNIST (784) nor CIFAR-10 "
-                                  f"(3072); pass shape=(C, H, W)")
+                                  f"(3072): an ERAN CSV row is label,p_1,...,p_m with m = 784 or 3072; for "
+                                  f"other images use an .npz file with arrays x (N, C, H, W) and y (N,) "
+                                  f"(in Python, read_eran_csv(path, shape=(C, H, W)) reads other sizes)")
         shape = KNOWN_SHAPES[width]
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or int(np.prod(shape)) != width:

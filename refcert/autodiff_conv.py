@@ -1,9 +1,10 @@
-"""Convolution and pooling primitives of the autodiff (NCHW), rows of ``autodiff.OPS`` like the others.
+"""Convolution and pooling primitives of the autodiff (NCHW), rows of ``OPS`` like the others.
 
-``autodiff`` imports this module at its end and re-exports its public names, so callers write
-``autodiff.conv2d``.  A convolution is im2col followed by one matrix product per slice of the batch
-(``_batch_slices``): zonotope generators travel through a convolution as a batch of ~1000 images per
-input, whose im2col columns would otherwise take gigabytes.
+The autodiff's middle layer: built on ``autodiff_core`` (``Tensor``, ``primitive``) and imported by
+``autodiff``, which re-exports its public names, so callers write ``autodiff.conv2d``.  A convolution
+is im2col followed by one matrix product per slice of the batch (``_batch_slices``): zonotope
+generators travel through a convolution as a batch of ~1000 images per input, whose im2col columns
+would otherwise take gigabytes.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import builtins
 import math
 
 from refcert import backends
-from refcert.autodiff import _shape, _swap_last, _to_dtype, _xp, primitive
+from refcert.autodiff_core import _shape, _swap_last, _to_dtype, _xp, primitive
 
 
 def _pad_hw(x, padding):

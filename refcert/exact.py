@@ -10,12 +10,20 @@ own bounds, hence sound.  Supported layers: linear, conv2d, normalize, flatten, 
 turned into dense matrices by evaluating the layer on the unit vectors), relu, max_pool2d, Residual.
 "Exact" means up to HiGHS's tolerances (about 1e-7); every point returned is re-evaluated by the
 concrete network.  Proof and caveats: proofs/exact_milp.md.
+
+Time: HiGHS can overrun its ``time_limit`` by far (its set-up of a model with millions of nonzeros is not
+interruptible: seconds past a limit of one), so ``find_violation(deadline=)`` builds the model checking the
+deadline between layers and solves it in a forked child process that is killed at the deadline.
 """
 from __future__ import annotations
 
 import contextlib
+import math
+import multiprocessing
 import os
 import sys
+import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,15 +140,17 @@ def _max_pool(program, A, c, shape, layer):
     return np.stack([_pad(a[None], width)[0] for a in rows_A]), np.asarray(rows_c), (C, out_h, out_w)
 
 
-def _encode(program, module, A, c, shape):
+def _encode(program, module, A, c, shape, deadline=math.inf):
     """The expression (A, c) of module's output, given the expression of its input of ``shape``."""
+    if time.monotonic() > deadline:
+        raise ExactUndecided("time limit reached while building the MILP")
     if isinstance(module, nn.Sequential):
         for layer in module.layers:
-            A, c, shape = _encode(program, layer, A, c, shape)
+            A, c, shape = _encode(program, layer, A, c, shape, deadline)
         return A, c, shape
     if isinstance(module, nn.Residual):
-        A1, c1, shape1 = _encode(program, module.block, A, c, shape)
-        A2, c2, shape2 = _encode(program, module.shortcut, A, c, shape)
+        A1, c1, shape1 = _encode(program, module.block, A, c, shape, deadline)
+        A2, c2, shape2 = _encode(program, module.shortcut, A, c, shape, deadline)
         if shape1 != shape2:
             raise ValueError(f"residual branches have shapes {shape1} and {shape2}")
         width = len(program.lower)
@@ -157,7 +167,7 @@ def _encode(program, module, A, c, shape):
                      f"(op {module.op!r})")
 
 
-def _build(net, lower, upper):
+def _build(net, lower, upper, deadline=math.inf):
     lower, upper = (np.asarray(getattr(a, "value", a), dtype=np.float64) for a in (lower, upper))
     if lower.shape != upper.shape or lower.shape[:1] != (1,):
         raise ValueError(f"exact bounds take one box (batch 1): lower {lower.shape}, upper {upper.shape}")
@@ -166,12 +176,16 @@ def _build(net, lower, upper):
     shape = lower.shape[1:]
     n = int(np.prod(shape))
     program = _Program(list(lower.ravel()), list(upper.ravel()), [False] * n, [])
-    A, c, out_shape = _encode(program, net, np.eye(n), np.zeros(n), shape)
+    A, c, out_shape = _encode(program, net, np.eye(n), np.zeros(n), shape, deadline)
     return program, _pad(A, len(program.lower)), c, shape, out_shape
 
 
-def _solve(program, objective, time_limit):
-    from scipy.optimize import Bounds, LinearConstraint, milp
+def _solve(program, objective, time_limit, deadline=None):
+    """HiGHS's result; with a finite ``deadline`` (monotonic) where fork exists, in a child process killed
+    then (ExactUndecided)."""
+    from scipy.optimize import Bounds, LinearConstraint, milp  # a missing scipy fails here, in this process
+    if deadline is not None and math.isfinite(deadline) and "fork" in multiprocessing.get_all_start_methods():
+        return _in_child(lambda: _solve(program, objective, time_limit), deadline)
     width = len(program.lower)
     constraints = []
     if program.rows:
@@ -182,6 +196,43 @@ def _solve(program, objective, time_limit):
                       bounds=Bounds(program.lower, program.upper), constraints=constraints,
                       options={"time_limit": float(time_limit), "mip_rel_gap": 0.0})
     return result
+
+
+def _in_child(task, deadline):
+    """task() run in a forked child process; ExactUndecided if it has not answered by ``deadline``."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def child():
+        try:
+            answer = task()
+        except BaseException as err:  # re-raised in the parent
+            answer = err
+        with contextlib.suppress(BaseException):  # unpicklable, or the parent gone: it sees no answer
+            send.send(answer)
+
+    process = context.Process(target=child, daemon=True)
+    for stream in (sys.stdout, sys.stderr):  # the child flushes its copies of their buffers when it ends
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            stream.flush()
+    with warnings.catch_warnings():  # Python 3.12+ warns about fork in a threaded process; the child only
+        warnings.simplefilter("ignore", DeprecationWarning)  # solves, and is killed if it ever hangs
+        process.start()
+    send.close()
+    try:
+        if not receive.poll(max(0.0, deadline - time.monotonic())):
+            raise ExactUndecided("time limit reached: the MILP solver was stopped at the deadline")
+        answer = receive.recv()
+    except EOFError:
+        raise ExactUndecided(f"the MILP solver process ended without an answer (exit code "
+                             f"{process.exitcode})") from None
+    finally:
+        process.kill()
+        process.join()
+        receive.close()
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer
 
 
 @contextlib.contextmanager
@@ -225,14 +276,15 @@ def exact_bounds(net, lower, upper, time_limit: float = 60.0):
     return lo.reshape((1,) + out_shape), hi.reshape((1,) + out_shape), arg[1], arg[-1]
 
 
-def find_violation(net, lower, upper, C, d, time_limit: float = 60.0):
+def find_violation(net, lower, upper, C, d, time_limit: float = 60.0, deadline=None):
     """A point x in the box with C net(x) <= d (checked on the concrete net), or None if none exists.
 
     C: (k, outputs), d: (k,).  Maximises t subject to C y + t <= d; t* < 0 proves there is no such x.
     Raises ExactUndecided on a time-out or when t* is within solver tolerance of 0 and the concrete
-    check disagrees.
+    check disagrees.  ``time_limit``: HiGHS's own limit (seconds; it may overrun it); ``deadline``: a
+    ``time.monotonic()`` value by which the call returns (building included; module docstring).
     """
-    program, A, c, shape, _ = _build(net, lower, upper)
+    program, A, c, shape, _ = _build(net, lower, upper, math.inf if deadline is None else deadline)
     C, d = np.atleast_2d(np.asarray(C, dtype=np.float64)), np.atleast_1d(np.asarray(d, dtype=np.float64))
     if C.shape != (d.size, A.shape[0]):
         raise ValueError(f"C must be (k, {A.shape[0]}) and d (k,); got {C.shape} and {d.shape}")
@@ -243,7 +295,11 @@ def find_violation(net, lower, upper, C, d, time_limit: float = 60.0):
         row = row.copy(); row[t] = 1.0
         program.add_row(row, -np.inf, rhs)
     objective = np.zeros(width); objective[t] = -1.0
-    result = _solve(program, objective, time_limit)
+    if deadline is not None:
+        time_limit = min(time_limit, deadline - time.monotonic())
+        if not time_limit > 0:
+            raise ExactUndecided("time limit reached while building the MILP")
+    result = _solve(program, objective, time_limit, deadline)
     if result.status != 0:
         raise ExactUndecided(f"violation search ended with status {result.status}: {result.message}")
     n = int(np.prod(shape))

@@ -12,16 +12,21 @@
 
 ε and κ ramp linearly per batch from 0 over the first ``ramp_epochs`` epochs (then stay); β falls from
 1 to 0 over the same ramp.  Learning rate: step decay (× ``lr_gamma`` every ``lr_step`` epochs).
-Gradients are clipped to norm ``clip_grad`` (DiffAI's default 1).  After every epoch one metrics row
-is appended (and flushed) to ``metrics.csv`` and ``model.npz`` / ``checkpoint.npz`` are written
-atomically; ``resume=True`` continues from the checkpoint with the same weights, optimiser moments
-and random-number state, so a killed and resumed run ends with the weights of an uninterrupted one.
+Gradients are clipped to norm ``clip_grad`` (DiffAI's default 1).  After every epoch, in this order,
+one metrics row is appended (and flushed) to ``metrics.csv``, then ``model.npz`` and ``checkpoint.npz``
+are written atomically; ``resume=True`` continues from the checkpoint with the same weights, optimiser
+moments and random-number state (dropping metrics rows and a model newer than it), so a run killed at
+any point and resumed ends with the weights of an uninterrupted one.  The output folder follows the
+rules of ``refcert.runs``: one writer at a time, no reuse without resume or overwrite, orphan
+temporary files removed, and a resume states where it starts.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import math
+import numbers
 import os
 import pathlib
 import sys
@@ -29,7 +34,7 @@ import time
 
 import numpy as np
 
-from refcert import attacks, domains, fp, optim, spec
+from refcert import attacks, domains, fp, optim, runs, spec
 from refcert import autodiff as ad
 from refcert.autodiff import Tensor
 from refcert.checkpoint import load_checkpoint, save_checkpoint
@@ -37,12 +42,25 @@ from refcert.checkpoint import load_checkpoint, save_checkpoint
 METHODS = ("standard", "pgd", "diffai", "crown-ibp")
 LOSS_FORMS = ("ce", "margin")
 METRICS = ("epoch", "lr", "eps", "kappa", "loss", "train_accuracy", "val_accuracy", "seconds")
+INTEGERS = ("epochs", "batch_size", "pgd_steps", "lr_step")
+LIMITS = {  # numeric setting: (test of a finite value, what the error message asks for)
+    "epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "pgd_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "lr_step": (lambda v: v >= 0, "an integer >= 0 (0: a constant learning rate)"),
+    "lr": (lambda v: v > 0, "a finite number > 0"),
+    "lr_gamma": (lambda v: v > 0, "a finite number > 0"),
+    "eps": (lambda v: v >= 0, "a finite number >= 0"),
+    "kappa": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "ramp_epochs": (lambda v: v >= 0, "a finite number >= 0"),
+    "clip_grad": (lambda v: v >= 0, "a finite number >= 0 (0: no clipping)"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     method: str = "standard"
-    domain: str = "hswitch"       # diffai only: the domain of the abstract loss
+    domain: str = "box"           # diffai only: the domain of the abstract loss (box: IBP, fast on a CPU)
     eps: float = 0.1              # final training radius (pixel space)
     epochs: int = 10
     batch_size: int = 64
@@ -66,14 +84,11 @@ class TrainConfig:
             raise ValueError(f"unknown loss form {self.loss_form!r}; choose one of {LOSS_FORMS}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
-        for name in ("eps", "lr", "kappa", "ramp_epochs", "clip_grad", "lr_gamma"):
+        for name, (holds, wanted) in LIMITS.items():
             value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if not 0 <= self.kappa <= 1:
-            raise ValueError(f"kappa must lie in [0, 1], got {self.kappa}")
-        if self.epochs < 0 or self.batch_size < 1 or self.pgd_steps < 0 or self.lr_step < 0:
-            raise ValueError(f"need epochs >= 0, batch_size >= 1, pgd_steps >= 0, lr_step >= 0; got {self}")
+            kind = numbers.Integral if name in INTEGERS else numbers.Real
+            if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not holds(value):
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be {wanted}, got {value!r}")
         if self.method == "diffai":
             domains.get(self.domain)  # an unknown domain fails before any work
         return self
@@ -136,28 +151,51 @@ def accuracy(net, x, y, batch_size: int = 256) -> float:
 
 
 def train(net, x, y, config: TrainConfig, out=None, resume: bool = False, val=None, progress: bool = True,
-          callback=None) -> list[dict]:
+          callback=None, overwrite: bool = False, log=None) -> list[dict]:
     """Train ``net`` in place on x (N, C, H, W) float in [0, 1], y (N,) int; returns the metrics rows.
 
-    ``out``: folder for metrics.csv, model.npz and checkpoint.npz (None: write nothing).
-    ``val``: optional (x, y) for the per-epoch validation accuracy.  ``callback(row)`` runs after each
-    epoch's files are written.
+    ``out``: folder for metrics.csv, model.npz and checkpoint.npz (None: write nothing), locked for the
+    whole run (``refcert.runs``); a folder holding a run needs ``resume`` (continue it) or ``overwrite``
+    (start again).  ``val``: optional (x, y) for the per-epoch validation accuracy.  ``callback(row)``
+    runs after each epoch's files are written.  ``log(message)`` receives the notes about ``out`` (where
+    a resume starts, files removed); default: print them to stderr.
     """
     config.check()
     x, y = np.asarray(x), np.asarray(y).astype(np.int64)
     if x.ndim < 2 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(f"need a non-empty batch x (N, ...) and labels y (N,), got {x.shape} and {y.shape}")
     optimizer, rng = make_optimizer(net, config), np.random.default_rng(config.seed)
-    out = None if out is None else pathlib.Path(out)
-    rows, start = [], 0
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        if resume and (out / "checkpoint.npz").exists():
-            saved, start = load_checkpoint(out / "checkpoint.npz", net, optimizer, rng)
-            _check_same_config(saved, config, out / "checkpoint.npz")
-            rows = _truncate_metrics(out / "metrics.csv", start)
-        elif (out / "metrics.csv").exists():
-            (out / "metrics.csv").unlink()  # a fresh run: no rows from an older one
+    out, log = None if out is None else pathlib.Path(out), log or runs.to_stderr
+    with contextlib.nullcontext() if out is None else runs.lock(out, log=log):
+        start, rows = (0, []) if out is None else _open_run(out, net, optimizer, rng, config, resume, overwrite, log)
+        _epochs(net, x, y, config, optimizer, rng, start, rows, out, val, progress, callback)
+    return rows
+
+
+def _open_run(out: pathlib.Path, net, optimizer, rng, config: TrainConfig, resume, overwrite, log) -> tuple[int, list]:
+    """Apply the folder rules (refcert.runs) to the locked ``out``: (epochs done, their metrics rows)."""
+    runs.check_reuse(out, resume, overwrite)
+    orphans = runs.remove_orphans(out)
+    if orphans:
+        log(f"{out}: removed temporary files of a save that was killed midway: {', '.join(orphans)}")
+    if not resume:
+        return 0, []
+    if not (out / "checkpoint.npz").exists():
+        partial = runs.remove_run_files(out)  # a first epoch that never reached its checkpoint
+        log(f"no checkpoint in {out}: starting from epoch 0" + (f" (removed {', '.join(partial)})" if partial else ""))
+        return 0, []
+    saved, start = load_checkpoint(out / "checkpoint.npz", net, optimizer, rng)
+    _check_same_config(saved, config, out / "checkpoint.npz")
+    if start >= config.epochs:
+        log(f"{out} already holds all {config.epochs} epochs" + (f" (it has {start})" if start > config.epochs else "")
+            + ": nothing to do")
+    else:
+        log(f"resuming {out} from epoch {start} of {config.epochs}")
+    return start, _truncate_metrics(out / "metrics.csv", start)
+
+
+def _epochs(net, x, y, config, optimizer, rng, start, rows, out, val, progress, callback) -> None:
+    """Epochs ``start`` .. config.epochs − 1, appending each metrics row to ``rows`` (and ``out``)."""
     per_epoch = math.ceil(len(y) / config.batch_size)
     for epoch in range(start, config.epochs):
         began = time.perf_counter()
@@ -191,7 +229,7 @@ def train(net, x, y, config: TrainConfig, out=None, resume: bool = False, val=No
         if not math.isfinite(row["loss"]):
             raise RuntimeError(f"training diverged in epoch {epoch + 1} (loss {row['loss']}); lower --lr")
         rows.append(row)
-        if out is not None:
+        if out is not None:  # this order is what a resume expects: rows and model.npz may run one epoch ahead
             _append_metrics(out / "metrics.csv", row)
             save_checkpoint(out, net, optimizer, rng, epoch + 1, dataclasses.asdict(config))
         if progress:
@@ -199,7 +237,6 @@ def train(net, x, y, config: TrainConfig, out=None, resume: bool = False, val=No
                   f"  eps {row['eps']:.3g}  {row['seconds']:.1f}s", file=sys.stderr)
         if callback is not None:
             callback(row)
-    return rows
 
 
 class TextBar:
@@ -240,7 +277,7 @@ def _check_same_config(saved: dict, config: TrainConfig, path):
 def _append_metrics(path: pathlib.Path, row: dict):
     new = not path.exists()
     with open(path, "a", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=METRICS)
+        writer = csv.DictWriter(stream, fieldnames=METRICS, lineterminator="\n")
         if new:
             writer.writeheader()
         writer.writerow(row)
@@ -249,11 +286,12 @@ def _append_metrics(path: pathlib.Path, row: dict):
 
 
 def _truncate_metrics(path: pathlib.Path, epochs_done: int) -> list[dict]:
-    """Keep the rows of the epochs the checkpoint holds (a row written just before a crash is dropped)."""
+    """Keep the rows of the epochs the checkpoint holds (rows written after it, or cut short, are dropped)."""
     if not path.exists():
         return []
     with open(path, newline="") as stream:
-        rows = [r for r in csv.DictReader(stream) if r.get("epoch", "").isdigit() and int(r["epoch"]) <= epochs_done]
+        rows = [r for r in csv.DictReader(stream) if None not in r and None not in r.values()
+                and r["epoch"].isdigit() and int(r["epoch"]) <= epochs_done]
     from refcert.io.npz import atomic_write
 
     def write(stream):

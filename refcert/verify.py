@@ -19,6 +19,10 @@ own forward pass; what a VNN-COMP checker re-runs) violates every row of one dis
 An exact MILP's
 "infeasible" rests on a solver's tolerances, so under the sound policy it proves nothing; ``complete``
 then splits the input box instead (sound domains on the pieces) and uses the MILP to find counterexamples.
+Time limits (``timeout``, ``deadline``) are checked in every loop (disjuncts, domain passes between
+layers, PGD steps, split pieces); the MILP runs in a child process killed at the deadline
+(``refcert.exact.find_violation``), so no step overruns by more than about one layer of a domain pass.
+Running out of time gives ``timeout``: only proved verdicts are ``sat`` or ``unsat``.
 Bounds are computed on a float64 copy of the net.  Boxes are given flat in VNN-LIB (ONNX) order and
 counterexamples are returned in that order (``net.input_permutation`` is undone).
 """
@@ -35,7 +39,7 @@ from fractions import Fraction
 
 from refcert import autodiff as ad
 from refcert import domains as domain_registry
-from refcert import fp, nn
+from refcert import fp, interpret, nn
 from refcert.spec import through
 from refcert.autodiff import Tensor
 from refcert.exact import ExactUndecided, find_violation
@@ -181,15 +185,41 @@ def _violates(unit: _Unit, y) -> bool:
     return True
 
 
-def _spec_bounds(net64, element, C):
+class _Expired(Exception):
+    """The deadline passed; the message says during what.  ``verify`` turns it into ``timeout``."""
+
+
+def _on_time(deadline, doing: str):
+    if time.monotonic() > deadline:
+        raise _Expired(doing)
+
+
+def _layers(module) -> list:
+    """The layers of ``module`` in order, nested Sequentials opened (a Residual stays one layer)."""
+    if getattr(module, "structure", None) == "sequential":
+        return [inner for layer in module.layers for inner in _layers(layer)]
+    return [module]
+
+
+def _spec_bounds(net64, element, C, deadline=math.inf, doing="during a domain pass"):
     """Sound (lower, upper) of C y over ``element`` (flat, (rows,)): the net under the policy's execution
-    precision, the rows C (not executed by the network) with execution 'exact'."""
+    precision, the rows C (not executed by the network) with execution 'exact' (``spec.through``, one
+    layer at a time).  Gives up (_Expired) before a step that would likely end past ``deadline``: one
+    taking 1.5 times the longest step so far (DeepPoly's steps grow with depth)."""
+    steps = [lambda e, layer=layer: interpret.run([layer], e) for layer in _layers(net64) + [nn.Flatten()]]
+    steps.append(lambda e: through([], e, Tensor(C[None])))
+    longest = 0.0
     with ad.no_grad():
-        low, high = through([net64, nn.Flatten()], element, Tensor(C[None])).bounds()
+        for step in steps:
+            start = time.monotonic()
+            _on_time(deadline - 1.5 * longest, doing)
+            element = step(element)
+            longest = max(longest, time.monotonic() - start)
+    low, high = element.bounds()
     return low.numpy().reshape(-1), high.numpy().reshape(-1)
 
 
-def _domain_lower(net64, name, group: list, lower=None, upper=None) -> list:
+def _domain_lower(net64, name, group: list, lower=None, upper=None, deadline=math.inf) -> list:
     """Sound lower bounds of C y over the box, one (k,) array per unit of ``group`` (units that share one
     box; ``lower``/``upper`` override it, for a piece of a split box): one run of domain ``name`` with every
     unit's rows stacked into one specification layer."""
@@ -197,7 +227,7 @@ def _domain_lower(net64, name, group: list, lower=None, upper=None) -> list:
     lower = group[0].lower if lower is None else lower
     upper = group[0].upper if upper is None else upper
     element = domain_registry.get(name).from_bounds(Tensor(lower), Tensor(upper))
-    low = _spec_bounds(net64, element, C)[0]
+    low = _spec_bounds(net64, element, C, deadline, f"while running domain {name!r}")[0]
     return np.split(low, np.cumsum([unit.d.size for unit in group])[:-1])
 
 
@@ -211,7 +241,7 @@ def _pgd(net64, unit: _Unit, steps, restarts, rng, deadline) -> np.ndarray:
     C, d = Tensor(unit.C.T), Tensor(unit.d)
     best, best_gap = z.copy(), np.full(restarts, np.inf)
     for step in range(steps + 1):
-        if time.perf_counter() > deadline:
+        if time.monotonic() > deadline:
             break
         with ad.enable_grad():
             point = Tensor(z, requires_grad=True)
@@ -229,24 +259,30 @@ def _pgd(net64, unit: _Unit, steps, restarts, rng, deadline) -> np.ndarray:
 
 def verify(net, disjuncts, domains=DEFAULT_DOMAINS, timeout=None, complete: bool = False, seed: int = 0,
            attack_steps: int = 50, restarts: int = 4, input_shape=None, execution=None,
-           confirm=None) -> VerifyOutcome:
+           confirm=None, deadline=None) -> VerifyOutcome:
     """Decide the unsafe set ``disjuncts`` = [(lower, upper, [(C, d), ...]), ...] on ``net``.
 
     ``input_shape`` (no batch) defaults to ``net.input_shape`` (set by ``load_onnx``), else the box size;
-    ``timeout`` seconds of wall clock for the whole run (None: no limit); ``execution`` 'float32' |
+    ``timeout`` seconds of wall clock from this call (None: no limit); ``deadline`` a ``time.monotonic()``
+    value to answer by (the CLI passes its process start + ``--timeout``; with ``timeout`` too, the earlier
+    wins); past it the answer is ``timeout``, within about one layer of a domain pass; ``execution`` 'float32' |
     'float64' (default: ``net.onnx_dtype`` from ``load_onnx``, else the net's dtype); ``confirm``: an optional
     second execution, x (flat, ONNX order, execution dtype) -> outputs (flat), that must violate too before
     ``sat`` (the CLI passes onnxruntime on the file itself, what a VNN-COMP checker runs).  Raises ValueError
     for properties that do not fit the net or a net with non-finite parameters.  Returns a
     ``VerifyOutcome`` (module docstring).
     """
-    began = time.perf_counter()
-    deadline = math.inf if timeout is None else began + float(timeout)
+    began = time.monotonic()
+    for what, value in (("timeout", timeout), ("deadline", deadline)):
+        if value is not None and not float(value) >= 0:  # NaN fails too
+            raise ValueError(f"{what} must be a number of seconds >= 0 (or None), got {value!r}")
+    deadline = min(math.inf if timeout is None else began + timeout, math.inf if deadline is None else deadline)
     names = list(dict.fromkeys(domains))
     for name in names:
         domain_registry.get(name)  # unknown names fail before any work
-    if int(attack_steps) < 0 or int(restarts) < 1:
-        raise ValueError(f"need attack_steps >= 0 and restarts >= 1, got {attack_steps}, {restarts}")
+    if int(attack_steps) < 0 or int(restarts) < 1 or int(seed) < 0:
+        raise ValueError(f"need attack_steps >= 0, restarts >= 1 and seed >= 0, got {attack_steps}, {restarts}, "
+                         f"{seed}")
     nn.check_finite(net)
     execution = fp.check_execution(execution) or fp.policy().execution or getattr(net, "onnx_dtype", None) \
         or nn.parameter_dtype(net) or "float32"
@@ -280,11 +316,19 @@ def _verify(net, disjuncts, names, began, deadline, complete, seed, attack_steps
             x = x.reshape(-1)
             if perm is not None:  # refcert flat position perm[j] holds ONNX flat element j
                 x = x[np.argsort(perm)]
-        return VerifyOutcome(status, x, y, time.perf_counter() - began, proved, message)
+        return VerifyOutcome(status, x, y, time.monotonic() - began, proved, message)
 
     def prove(method):
         proved[method] = proved.get(method, 0) + 1
 
+    try:
+        return _decide(net64, units, names, deadline, complete, attack_steps, restarts, rng, check, prove, outcome)
+    except _Expired as err:  # nothing partial is kept: only a proved verdict is sat or unsat
+        return outcome("timeout", f"timed out {err}")
+
+
+def _decide(net64, units, names, deadline, complete, attack_steps, restarts, rng, check, prove, outcome):
+    """The methods of the module docstring in turn; raises _Expired at the deadline."""
     open_units = []
     for unit in units:
         lows, highs, strict_lows, strict_highs = unit.exact
@@ -293,6 +337,7 @@ def _verify(net, disjuncts, names, began, deadline, complete, seed, attack_steps
         else:
             open_units.append(unit)
     for unit in open_units:
+        _on_time(deadline, "while checking the box centres")
         found = check(unit, (unit.lower + unit.upper) / 2)
         if found is not None:
             return outcome("sat", "the centre of an input box violates the property", found)
@@ -301,10 +346,9 @@ def _verify(net, disjuncts, names, began, deadline, complete, seed, attack_steps
         for unit in open_units:  # units of one disjunct share their box arrays
             boxes.setdefault(id(unit.lower), []).append(unit)
         for group in boxes.values():
-            if time.perf_counter() > deadline:
-                return outcome("timeout", f"timed out while running domain {name!r}")
+            _on_time(deadline, f"while running domain {name!r}")
             y_centre = _forward(net64, (group[0].lower + group[0].upper) / 2)[0]
-            for unit, lower in zip(group, _domain_lower(net64, name, group)):
+            for unit, lower in zip(group, _domain_lower(net64, name, group, deadline=deadline)):
                 if np.any(lower > unit.C @ y_centre):  # a sound bound covers every float64 pass
                     raise RuntimeError(f"domain {name!r} is unsound: its lower bound {lower.max():.6g} exceeds "
                                        f"the value at the box centre; refusing to verify")
@@ -316,12 +360,12 @@ def _verify(net, disjuncts, names, began, deadline, complete, seed, attack_steps
     if not open_units:
         return outcome("unsat", "every disjunct proved infeasible")
     for unit in open_units:
+        _on_time(deadline, "during the attack")
         for point in _pgd(net64, unit, int(attack_steps), int(restarts), rng, deadline):
             found = check(unit, point)
             if found is not None:
                 return outcome("sat", "PGD found a counterexample", found)
-    if time.perf_counter() > deadline:
-        return outcome("timeout", "timed out during the attack")
+    _on_time(deadline, "during the attack")
     if not complete:
         return outcome("unknown", f"{len(open_units)} of {len(units)} disjuncts neither proved nor falsified")
     return _complete(net64, open_units, names, deadline, check, prove, outcome)
@@ -334,14 +378,12 @@ def _complete(net64, open_units, names, deadline, check, prove, outcome) -> Veri
     the domains, until every piece is refuted, MAX_PIECES is reached or time runs out."""
     undecided = []
     for unit in open_units:
-        remaining = deadline - time.perf_counter()
-        if remaining <= 0:
-            return outcome("timeout", "timed out during the exact MILP search")
-        try:
-            x = find_violation(net64, unit.lower, unit.upper, unit.C, unit.d, time_limit=min(remaining, 1e7))
+        _on_time(deadline, "during the exact MILP search")
+        try:  # past a finite deadline, the MILP's child process is killed (HiGHS may overrun time_limit)
+            x = find_violation(net64, unit.lower, unit.upper, unit.C, unit.d,
+                               time_limit=min(deadline - time.monotonic(), 1e7), deadline=deadline)
         except ExactUndecided as err:
-            if time.perf_counter() > deadline:
-                return outcome("timeout", "timed out during the exact MILP search")
+            _on_time(deadline, "during the exact MILP search")
             x, note = None, str(err)
         except ValueError as err:  # a layer the MILP cannot encode (sigmoid, tanh)
             x, note = None, f"exact search not possible: {err}"
@@ -358,8 +400,6 @@ def _complete(net64, open_units, names, deadline, check, prove, outcome) -> Veri
         if _split(net64, unit, names, deadline):
             prove("input splitting")
             continue
-        if time.perf_counter() > deadline:
-            return outcome("timeout", "timed out while splitting the input box")
         undecided.append(note)
     if undecided:
         return outcome("unknown", f"{len(undecided)} disjunct(s) undecided: {undecided[0]}")
@@ -368,14 +408,15 @@ def _complete(net64, open_units, names, deadline, check, prove, outcome) -> Veri
 
 def _split(net64, unit: _Unit, names, deadline) -> bool:
     """Refute the disjunct on every piece of its input box, bisecting the widest coordinate of a piece
-    that no domain refutes (sound: the pieces cover the box); False at MAX_PIECES or the deadline."""
+    that no domain refutes (sound: the pieces cover the box); False at MAX_PIECES; _Expired at the deadline."""
     pieces, done = [(unit.lower, unit.upper)], 0
     while pieces:
-        if time.perf_counter() > deadline or done + len(pieces) > MAX_PIECES:
+        _on_time(deadline, "while splitting the input box")
+        if done + len(pieces) > MAX_PIECES:
             return False
         lower, upper = pieces.pop()
         done += 1
-        if any(_refuted(unit, _domain_lower(net64, name, [unit], lower, upper)[0]) for name in names):
+        if any(_refuted(unit, _domain_lower(net64, name, [unit], lower, upper, deadline)[0]) for name in names):
             continue
         width = (upper - lower).reshape(-1)
         k = int(np.argmax(width))

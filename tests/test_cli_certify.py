@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import refcert
-from refcert import cli, domains, nn
+from refcert import cli, nn
 from refcert.certify import VERDICTS, ball_domains
 from refcert.datasets.eran import EranFormatError, read_eran_csv
 from tests.conftest import shared_file

@@ -12,7 +12,6 @@ import zipfile
 import numpy as np
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 import refcert
 from refcert import nn

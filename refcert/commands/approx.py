@@ -7,6 +7,8 @@ The construction is Baader, Mirman & Vechev, ICLR 2020 (refcert/approx.py, proof
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 import refcert
@@ -24,6 +26,14 @@ def _vector(text: str, what: str) -> np.ndarray:
     return values
 
 
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend; ModuleNotFoundError (named by refcert.cli) without matplotlib."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def add_arguments(parser):
     parser.add_argument("--fn", required=True, help="f over x0..x{m-1}, e.g. 'sin(3*x0) + abs(x1)'")
     parser.add_argument("--lower", required=True, help="lower corner of the domain, comma-separated")
@@ -32,7 +42,8 @@ def add_arguments(parser):
     parser.add_argument("--lipschitz", type=float, required=True,
                         help="ℓ∞ Lipschitz constant of f: |f(x) − f(y)| ≤ L·max_i |x_i − y_i|")
     parser.add_argument("--out", required=True, help="where to save the network (.npz)")
-    parser.add_argument("--plot", help="also write a PNG (1-D and 2-D domains; needs matplotlib)")
+    parser.add_argument("--plot", help="also write a PNG (1-D and 2-D domains; needs matplotlib: "
+                                       "pip install 'refcert[plot]')")
     parser.add_argument("--max-neurons", type=int, default=200_000, help="refuse larger networks")
     parser.add_argument("--max-mib", type=float, default=1024, help="refuse when weights/tables exceed this")
 
@@ -41,6 +52,10 @@ def run(args):
     lower, upper = _vector(args.lower, "lower"), _vector(args.upper, "upper")
     if lower.shape != upper.shape:
         raise ValueError(f"--lower has {lower.size} coordinates but --upper has {upper.size}")
+    if args.max_neurons < 1 or not (args.max_mib > 0 and math.isfinite(args.max_mib)):  # NaN fails too
+        raise ValueError(f"--max-neurons must be >= 1 and --max-mib a finite number > 0, got {args.max_neurons} "
+                         f"and {args.max_mib}")
+    plt = _pyplot() if args.plot and lower.size <= 2 else None  # a missing matplotlib fails before the work
     f = compile_expression(args.fn, lower.size)
     result = approx.interval_network(f, lower, upper, args.delta, lipschitz=args.lipschitz,
                                      max_neurons=args.max_neurons, max_bytes=args.max_mib * 2**20)
@@ -51,15 +66,8 @@ def run(args):
     print(f"network: {result.size}")
     print(f"saved {args.out}")
     if args.plot:
-        if lower.size > 2:
+        if plt is None:
             print("--plot: only 1-D and 2-D domains can be plotted; skipped")
-            return 0
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            print("--plot: matplotlib is not installed (pip install matplotlib); the network was saved, no plot.")
             return 0
         plot(plt, f, result, args.plot, title=args.fn)
         print(f"plot written to {args.plot}")

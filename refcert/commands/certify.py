@@ -1,27 +1,33 @@
-"""``refcert certify``: prove robustness of a saved network on a set of inputs, with one or more domains.
+"""``refcert certify``: prove robustness of a network on a set of inputs, with one or more domains.
 
-Inputs come from an ``.npz`` file (arrays ``x`` (N, *shape) in [0, 1] and ``y`` (N,)) or an ERAN CSV
-(label, then 0..255 pixels).  Prints one summary row per domain; ``--json`` writes every input's verdict.
+The network is an ``.npz`` written by ``refcert.save``, an ONNX model or a shipped name (``refcert
+weights``), read by ``refcert.weights.load_network``.  Inputs come from an ``.npz`` file (arrays ``x``
+(N, *shape) in [0, 1] and ``y`` (N,)), an ERAN CSV (label, then 0..255 pixels) or a dataset split; an
+ONNX network gets them in its file's layout (``_layout``).  Prints one summary row per domain;
+``--json`` writes every input's verdict, counterexamples in the inputs' layout.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
 
 import numpy as np
 
-import refcert
 from refcert import datasets, domains
-from refcert.certify import CONCRETE_BATCH, certify
+from refcert.certify import CONCRETE_BATCH, ball_domains, certify
 from refcert.io.npz import atomic_write
+from refcert.weights import load_network
 
 DEFAULT_DOMAINS = ["deepzono"]
 
 
 def add_arguments(parser):
-    parser.add_argument("--net", required=True, help="network file (.npz written by refcert.save)")
+    parser.add_argument("--net", required=True,
+                        help="the network: an .npz written by refcert.save, an .onnx file, or the name of a shipped "
+                             "network (list them with: refcert weights)")
     parser.add_argument("--inputs", required=True,
                         help="inputs: .npz with arrays x, y, an ERAN .csv, or DATASET:SPLIT (e.g. mnist:test, "
                              "read by refcert.datasets from $REFCERT_DATA or the cache)")
@@ -118,28 +124,65 @@ def _json(results, args, elapsed, input_shape) -> dict:
     return out
 
 
-def run(args):
-    names = list(dict.fromkeys(args.domain or DEFAULT_DOMAINS))
+def check_domains(names) -> list[str]:
+    """The domain names, each one ``certify`` accepts (``ball_domains``), else a ValueError listing those."""
+    accepted = ball_domains()
     for name in names:
-        if name not in domains.names():
-            raise ValueError(f"unknown domain {name!r}; choose from {', '.join(domains.names())}")
-    if args.n is not None and args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
-    if not os.path.isfile(args.net):
-        raise FileNotFoundError(f"{args.net}: no such network file")
-    net = refcert.load(args.net)
+        if name not in accepted:
+            what = f"unknown domain {name!r}" if name not in domains.names() else \
+                f"domain {name!r} cannot certify an L∞ ball"
+            raise ValueError(f"{what}; choose from {', '.join(accepted)}")
+    return list(names)
+
+
+def _check_numbers(args):
+    """Refuse the options certify cannot honour before any work, naming the option."""
+    if not (math.isfinite(args.eps) and args.eps >= 0):
+        raise ValueError(f"--eps must be a finite number >= 0, got {args.eps}")
+    for option, value in (("--n", args.n), ("--batch-size", args.batch_size), ("--pgd-steps", args.pgd_steps)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} must be >= 1, got {value}")
+
+
+def _layout(net, shape):
+    """None, or flat indices ``idx``: the net's flat input k is element idx[k] of a flat input of ``shape``.
+
+    Only an ONNX network changes the layout: it takes its file's input shape (``onnx_input_shape``),
+    rearranged as ``refcert.io.onnx.to_refcert_input`` says; (C, H, W) images go to an NHWC file as
+    (H, W, C), other inputs of the file's size are read in C order.  A permutation moves an L∞ ball
+    and the [0, 1] box onto the same sets, so verdicts are unchanged."""
+    if getattr(net, "onnx_input_shape", None) is None:
+        return None
+    from refcert.io.onnx import to_refcert_input
+    shape, file = tuple(shape), tuple(net.onnx_input_shape[1:])
+    index = np.arange(int(np.prod(shape))).reshape((1,) + shape)
+    if index.size != int(np.prod(file)):
+        raise ValueError(f"inputs of shape {shape} do not fit the network's input {file} (its ONNX file)")
+    if len(shape) == 3 and shape != file and (shape[1], shape[2], shape[0]) == file:
+        index = index.transpose(0, 2, 3, 1)
+    idx = to_refcert_input(net, index.reshape((1,) + file)).reshape(-1)
+    same = tuple(net.input_shape) == shape and np.array_equal(idx, np.arange(idx.size))
+    return None if same else idx
+
+
+def run(args):
+    names = check_domains(list(dict.fromkeys(args.domain or DEFAULT_DOMAINS)))
+    _check_numbers(args)
+    net = load_network(args.net)
     x, y = load_inputs(args.inputs)
     if args.n is not None:
         x, y = x[:args.n], y[:args.n]
     if len(x) == 0:
         raise ValueError(f"{args.inputs}: no inputs to certify")
+    layout = _layout(net, x.shape[1:])
+    x_net = x if layout is None else x.reshape(len(x), -1)[:, layout].reshape((len(x),) + tuple(net.input_shape))
     results = {name: [] for name in names}
     progress = _Progress(len(x) * len(names), "certify")
     began = time.perf_counter()
     chunk = max(args.batch_size, CONCRETE_BATCH)
     rng = np.random.default_rng(args.seed)
     for start in range(0, len(x), chunk):  # chunks only drive the progress bar; certify batches itself
-        part = certify(net, x[start:start + chunk], y[start:start + chunk], args.eps, domain=names,
+        part = certify(net, x_net[start:start + chunk], y[start:start + chunk], args.eps, domain=names,
                        attack=not args.no_attack, pgd_steps=args.pgd_steps, batch_size=args.batch_size, rng=rng,
                        execution=args.execution)
         for name in names:
@@ -147,6 +190,9 @@ def run(args):
         progress.update(len(part[names[0]].verdicts) * len(names))
     progress.close()
     merged = {name: _merge(parts) for name, parts in results.items()}
+    if layout is not None:  # counterexamples back in the inputs' layout
+        for res in merged.values():
+            res.counterexamples = [None if p is None else _undo(layout, p, x.shape[1:]) for p in res.counterexamples]
     elapsed = time.perf_counter() - began
     print(f"eps={args.eps}  net={args.net}  inputs={args.inputs} ({len(x)})  {elapsed:.1f} s")
     print(_table(merged))
@@ -155,6 +201,13 @@ def run(args):
         atomic_write(args.json, lambda stream: stream.write(text))
         print(f"wrote {args.json}")
     return 0
+
+
+def _undo(layout, point, shape):
+    """A point in the net's layout back in the inputs' ``shape`` (``_layout``'s inverse)."""
+    flat = np.empty(layout.size, dtype=np.asarray(point).dtype)
+    flat[layout] = np.asarray(point).reshape(-1)
+    return flat.reshape(shape)
 
 
 def _merge(parts):

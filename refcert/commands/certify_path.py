@@ -5,6 +5,13 @@ of one class (or an image and its horizontal flip), take the latent segment z_a 
 decoder∘classifier on it with ``refcert.segment.certify_segment`` for each domain.  Only endpoints
 whose decoded image the classifier already labels correctly are used.  Without ``--encoder`` the
 inputs file must hold latent codes ``z`` (N, latent) and labels ``y``.
+
+Models to try it on: ``refcert demo`` trains a small autoencoder (its decoder ends in a hard sigmoid,
+so the composite stays piecewise linear and ExactLine is exact) and an image classifier on the shipped
+MNIST subset (``refcert.generative``), saves them under ``OUT/path/`` and prints the command, e.g.::
+
+    refcert certify-path --encoder demo-out/path/encoder.npz --decoder demo-out/path/decoder.npz \\
+        --classifier demo-out/path/classifier.npz --inputs mnist-mini:test --pairs 5
 """
 from __future__ import annotations
 
@@ -15,22 +22,24 @@ import time
 
 import numpy as np
 
-import refcert
 from refcert import domains
 from refcert.autodiff import Tensor, no_grad
 from refcert.commands.certify import load_inputs
 from refcert.generative import compose, flip_horizontal, latent_dim
 from refcert.io.npz import atomic_write
 from refcert.segment import SEGMENT_DOMAINS, certify_segment
+from refcert.weights import load_network
 
 DEFAULT_DOMAINS = ["exactline", "approxline", "deepzono", "box"]
 
 
 def add_arguments(parser):
-    parser.add_argument("--decoder", required=True, help="decoder network (.npz): latent z -> image")
-    parser.add_argument("--classifier", required=True, help="classifier network (.npz): image -> logits")
-    parser.add_argument("--inputs", required=True, help=".npz with x, y (or z, y without --encoder) or ERAN .csv")
-    parser.add_argument("--encoder", help="encoder network (.npz): image -> latent z")
+    parser.add_argument("--decoder", required=True, help="decoder network (.npz, .onnx or a shipped name): z -> image")
+    parser.add_argument("--classifier", required=True, help="classifier (.npz, .onnx or shipped name): image -> logits")
+    parser.add_argument("--inputs", required=True,
+                        help=".npz with x, y (or z, y without --encoder), ERAN .csv, or DATASET:SPLIT with --encoder "
+                             "(e.g. mnist-mini:test)")
+    parser.add_argument("--encoder", help="encoder network (.npz, .onnx or a shipped name): image -> z")
     parser.add_argument("--pairs", type=int, default=10, help="paths between two images of one class (default 10)")
     parser.add_argument("--flip-pairs", type=int, default=None,
                         help="paths between an image and its horizontal flip (default: as many as --pairs; "
@@ -66,10 +75,10 @@ def parse_domains(requested, budget: int, explicit: bool) -> list[tuple[str, str
     return out
 
 
-def _load_net(path: str, what: str):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such {what} file")
-    return refcert.load(path).astype("float64")
+def _load_net(spec: str, what: str):
+    """The --decoder/--classifier/--encoder network in float64: ``refcert.weights.load_network`` (a file or a
+    shipped name; errors name the file)."""
+    return load_network(spec, dtype="float64")
 
 
 def _decoder_input(decoder, path: str) -> int:

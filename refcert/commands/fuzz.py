@@ -10,8 +10,14 @@ floating-point quirk family with exact real answers (refcert/fuzz/fp_family.py; 
 from __future__ import annotations
 
 import argparse
+import importlib
+import math
 
 from refcert.fuzz import adapters, runner
+
+#: what every case of a family needs (ONNX files, onnxruntime's checks, the MILP oracle); imported before
+#: any case, so a missing one is named by refcert.cli with its extra
+NEEDS = {"net": ("onnx", "onnxruntime", "scipy.optimize"), "fp": ("onnx", "onnxruntime")}
 
 
 def add_arguments(parser):
@@ -20,7 +26,9 @@ def add_arguments(parser):
     parser.add_argument("--cases", type=int, default=50, help="number of cases (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="campaign seed: same seed, same cases")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--timeout", type=float, default=20.0, help="verifier timeout per case in seconds")
+    parser.add_argument("--timeout", type=float, default=20.0,
+                        help="the verifier's time limit per case in seconds (passed to it; a process still running "
+                             f"{adapters.GRACE:g} s later is killed and counts as a crash)")
     parser.add_argument("--shrink", action=argparse.BooleanOptionalAction, default=True,
                         help="shrink failing cases (default on)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary table")
@@ -31,8 +39,14 @@ def add_arguments(parser):
 
 
 def run(args):
-    if args.cases < 1 or args.timeout <= 0:
-        raise ValueError(f"--cases must be >= 1 and --timeout > 0, got {args.cases} and {args.timeout}")
+    if args.cases < 1:
+        raise ValueError(f"--cases must be >= 1, got {args.cases}")
+    if not (args.timeout > 0 and math.isfinite(args.timeout)):  # NaN fails too
+        raise ValueError(f"--timeout must be a finite number of seconds > 0, got {args.timeout}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    for module in NEEDS[args.family]:
+        importlib.import_module(module)
     adapter = adapters.get(args.verifier)
     log = (lambda *a: None) if args.quiet else (lambda line: print(line, flush=True))
     fam = runner.family(args.family)

@@ -6,19 +6,16 @@ piecewise-linear network is affine, and keeps every piece's exact image.  Approx
 Vechev, "Robustness certification of generative models", PLDI'21, Sec. 4) keeps the same list of parts
 but may replace runs of neighbouring pieces by their bounding box when there are more than ``budget``.
 
-One element type serves both (ExactLine = ApproxLine with no budget and no boxes).  Per batch item a
-``Parts`` holds a grid 0 = t_0 < … < t_M = 1 and, for part m covering [t_m, t_{m+1}] (probability mass
-t_{m+1} − t_m under t uniform on [0, 1]), either a segment (``start``/``end`` = images of x(t_m),
-x(t_{m+1})) or a box (``start``/``end`` = lower/upper).  Grids are found in NumPy (their size depends
-on the data); values live on the active backend.  Floating point: the parts are computed in plain float
-arithmetic; under the sound policy, verdicts use ``line_certify.confirm``, which re-bounds every part's
-input piece in a sound domain (proofs/floating_point.md §6).  Not differentiable through split points: these
-domains certify, they are not meant for DiffAI training.  Proofs: proofs/exactline.md, proofs/approxline.md.
+One element type serves both (``line_element``: ``LineElement``, its ``Parts``, ``segment``; re-exported
+here).  This module is the line domains' top layer: ExactLine's transformers (shared by ApproxLine),
+both domains' tables and their registration; it builds on ``line_approx`` (relaxation to a budget,
+residual add, ApproxLine's sigmoid/tanh) and ``line_element``.  Floating point: the parts are computed in
+plain float arithmetic; under the sound policy, verdicts use ``line_certify.confirm``, which re-bounds
+every part's input piece in a sound domain (proofs/floating_point.md §6).  Not differentiable through
+split points: these domains certify, they are not meant for DiffAI training.  Proofs: proofs/exactline.md,
+proofs/approxline.md.
 """
 from __future__ import annotations
-
-import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,136 +23,13 @@ from refcert import autodiff as ad
 from refcert import backends, domains
 from refcert.autodiff import Tensor
 from refcert.domains import point
-
-
-@dataclass(frozen=True)
-class Parts:
-    """One batch item: grid t (M+1,) NumPy; start, end (M, *shape); is_box (M,) NumPy bool."""
-    t: np.ndarray
-    start: Tensor
-    end: Tensor
-    is_box: np.ndarray
-
-    @property
-    def mass(self) -> np.ndarray:
-        """(M,) probability of each part for t uniform on [0, 1]."""
-        return np.diff(self.t)
-
-
-@dataclass(frozen=True)
-class LineElement:
-    """A batch of segments, one ``Parts`` per item; ``domain`` is 'exactline' or 'approxline'."""
-    items: tuple
-    domain: str
-    budget: int | None = None
-    source: tuple | None = None   # the input set: ('segment', x_from, x_to) or ('box', lower, upper)
-    trail: tuple = ()             # the layers run so far: (op, params, execution), ('residual', a, b)
-
-    def bounds(self):
-        """(lower, upper) (batch, *shape).  Under the sound policy: every part's input piece re-bounded by a
-        sound domain through ``trail`` (``line_certify.confirm``); else ``raw_bounds``."""
-        from refcert import fp
-        if fp.policy().sound:
-            from refcert.domains import line_certify
-            return line_certify.confirm(self).bounds()
-        return self.raw_bounds()
-
-    def raw_bounds(self):
-        """(lower, upper) (batch, *shape): exact min/max over the segment pieces (affine: extremes at
-        endpoints) and the boxes' own bounds, in the parts' float arithmetic."""
-        xp = backends.current().xp
-        lows = [xp.min(xp.minimum(p.start.value, p.end.value), axis=0) for p in self.items]
-        highs = [xp.max(xp.maximum(p.start.value, p.end.value), axis=0) for p in self.items]
-        return Tensor(xp.stack(lows, axis=0)), Tensor(xp.stack(highs, axis=0))
-
-    @property
-    def points(self) -> tuple:
-        """ExactLine view: per item the images (M+1, *shape) of the grid points x(t_0), …, x(t_M)."""
-        xp = backends.current().xp
-        return tuple(Tensor(xp.concat([p.start.value, p.end.value[-1:, ...]], axis=0)) for p in self.items)
-
-
-def segment(x_from, x_to, domain: str = "exactline", budget: int | None = None) -> LineElement:
-    """The segments x_from[b] → x_to[b] as one element; x_from, x_to (batch, *shape).
-
-    ``domain`` 'exactline' (no budget) or 'approxline' (``budget`` = most parts kept, None = unbounded).
-    """
-    x_from, x_to = ad.as_tensor(x_from), ad.as_tensor(x_to)
-    if x_from.shape != x_to.shape or x_from.ndim < 2:
-        raise ValueError(f"segment endpoints need one shape (batch, *shape), got {x_from.shape} and {x_to.shape}")
-    if domain not in ("exactline", "approxline"):
-        raise ValueError(f"segment domain must be 'exactline' or 'approxline', got {domain!r}")
-    if domain == "exactline" and budget is not None:
-        raise ValueError("exactline keeps every piece; a budget needs domain='approxline'")
-    if budget is not None and int(budget) < 1:
-        raise ValueError(f"approxline budget must be a positive number of parts, got {budget}")
-    if not (bool(np.all(np.isfinite(x_from.numpy()))) and bool(np.all(np.isfinite(x_to.numpy())))):
-        raise ValueError("segment endpoints must be finite")
-    items = tuple(Parts(np.array([0.0, 1.0]), Tensor(x_from.value[b:b + 1, ...]), Tensor(x_to.value[b:b + 1, ...]),
-                        np.zeros(1, bool)) for b in range(x_from.shape[0]))
-    return LineElement(items, domain, None if budget is None else int(budget), ("segment", x_from, x_to))
-
-
-# --- splitting parts at given parameters (exact: every part is affine in t) -------------------------
-
-def _lerp(start, end, index, s):
-    """(1 − s) start[index] + s end[index]; s = 0 and s = 1 reproduce the endpoints exactly."""
-    backend = backends.current()
-    xp = backend.xp
-    index = backend.asarray(index, dtype=backend.dtype("int64"))
-    s = backend.asarray(s, dtype=start.value.dtype)
-    s = xp.reshape(s, (-1,) + (1,) * (start.ndim - 1))
-    return (1.0 - s) * xp.take(start.value, index, axis=0) + s * xp.take(end.value, index, axis=0)
-
-
-def subdivide(count: int, part_index: np.ndarray, s: np.ndarray):
-    """Sub-pieces of ``count`` pieces cut at local parameters s (piece part_index[k] at s[k]).
-
-    Returns (index, s_lo, s_hi): sub-piece j is piece index[j] restricted to [s_lo[j], s_hi[j]], in order.
-    """
-    index = np.concatenate([np.arange(count), part_index])
-    s_lo = np.concatenate([np.zeros(count), s])
-    order = np.lexsort((s_lo, index))
-    index, s_lo = index[order], s_lo[order]
-    fresh = np.ones(index.size, bool)
-    fresh[1:] = (index[1:] != index[:-1]) | (s_lo[1:] != s_lo[:-1])
-    index, s_lo = index[fresh], s_lo[fresh]
-    last = np.ones(index.size, bool)
-    last[:-1] = index[1:] != index[:-1]
-    return index, s_lo, np.where(last, 1.0, np.roll(s_lo, -1))
-
-
-def split(parts: Parts, part_index: np.ndarray, s: np.ndarray) -> Parts:
-    """Cut segment parts at local parameters s ∈ (0, 1) (part_index[k] is cut at s[k]); boxes stay whole."""
-    if part_index.size == 0:
-        return parts
-    keep = ~parts.is_box[part_index] & (s > 0) & (s < 1)
-    index, s_lo, s_hi = subdivide(parts.is_box.shape[0], part_index[keep], s[keep])
-    t0, t1 = parts.t[index], parts.t[index + 1]
-    t = np.concatenate([np.where(s_lo == 0, t0, t0 + s_lo * (t1 - t0)), [parts.t[-1]]])
-    t = np.maximum.accumulate(t)  # rounding never reorders the grid
-    return Parts(t, Tensor(_lerp(parts.start, parts.end, index, s_lo)),
-                 Tensor(_lerp(parts.start, parts.end, index, s_hi)), parts.is_box[index])
-
-
-def _flat_numpy(x: Tensor) -> np.ndarray:
-    return np.asarray(backends.to_numpy(x.value)).reshape(x.shape[0], -1)
-
-
-def sign_crossings(a: np.ndarray, b: np.ndarray):
-    """(part, s): where a coordinate goes strictly from a[m] to b[m] through 0, at s = a / (a − b)."""
-    m, j = np.nonzero(((a < 0) & (b > 0)) | ((a > 0) & (b < 0)))
-    return m, a[m, j] / (a[m, j] - b[m, j])
+from refcert.domains.line_approx import OWN_TRANSFORMERS, add, relax
+from refcert.domains.line_approx import from_bounds as from_bounds_approx
+from refcert.domains.line_element import (  # noqa: F401  (re-exported: the element and its splitting)
+    LineElement, Parts, _flat_numpy, _map, segment, sign_crossings, split, subdivide)
 
 
 # --- transformers -----------------------------------------------------------------------------------
-
-def _map(element: LineElement, fn, op: str, params: dict) -> LineElement:
-    """Apply fn to every item's parts; record the layer in the trail (with the execution precision in force)."""
-    from refcert import fp
-    items = tuple(fn(p, b) for b, p in enumerate(element.items))
-    return dataclasses.replace(element, items=items, trail=element.trail + ((op, params, fp.policy().execution),))
-
 
 def _affine(element: LineElement, op: str, params: dict) -> LineElement:
     """An affine op: segment endpoints map exactly; a box maps its center exactly and its radius by |L|."""
@@ -217,7 +91,6 @@ def relu(element: LineElement) -> LineElement:
         m, s = sign_crossings(_flat_numpy(parts.start), _flat_numpy(parts.end))
         parts = split(parts, m, s)
         return Parts(parts.t, ad.relu(parts.start), ad.relu(parts.end), parts.is_box)
-    from refcert.domains.line_approx import relax
     return relax(_map(element, item, "relu", {}))
 
 
@@ -265,7 +138,6 @@ def max_pool2d(element: LineElement, *, kernel_size, stride, padding=0) -> LineE
         return Parts(parts.t, point.max_pool2d(parts.start, **params), point.max_pool2d(parts.end, **params),
                      parts.is_box)
     params = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
-    from refcert.domains.line_approx import relax
     return relax(_map(element, item, "max_pool2d", params))
 
 
@@ -285,17 +157,12 @@ def from_bounds_exact(lower, upper) -> LineElement:
     return segment(lower, upper)
 
 
-def _add(a: LineElement, b: LineElement, *, origin=None) -> LineElement:
-    from refcert.domains.line_approx import add
-    return add(a, b, origin=origin)
-
-
 EXACTLINE = {
     "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten,
     "avg_pool2d": avg_pool2d, "max_pool2d": max_pool2d, "relu": relu,
-    "sigmoid": _not_piecewise_linear("sigmoid"), "tanh": _not_piecewise_linear("tanh"), "add": _add,
+    "sigmoid": _not_piecewise_linear("sigmoid"), "tanh": _not_piecewise_linear("tanh"), "add": add,
 }
 TRANSFORMERS = EXACTLINE
+APPROXLINE = {**EXACTLINE, **OWN_TRANSFORMERS}
 domains.register("exactline", EXACTLINE, from_bounds_exact)
-
-from refcert.domains import line_approx  # noqa: E402,F401  (registers "approxline")
+domains.register("approxline", APPROXLINE, from_bounds_approx)

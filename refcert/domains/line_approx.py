@@ -1,10 +1,11 @@
 """ApproxLine (Mirman, Gehr, Vechev, "Robustness certification of generative models", PLDI'21, Sec. 4).
 
-The element is ``line.LineElement`` with domain 'approxline': ordered parts, each an exact segment or a
-box, each with its mass.  Everything piecewise-linear is shared with ExactLine (``line.py``); this file
-adds the relaxation that keeps at most ``budget`` parts, the residual ``add`` of two part lists, the
-sigmoid/tanh transformers (boxes, monotone) and ``from_bounds`` (one box: Box semantics).
-Proof: proofs/approxline.md.
+The element is ``line_element.LineElement`` with domain 'approxline': ordered parts, each an exact
+segment or a box, each with its mass.  Everything piecewise-linear is shared with ExactLine
+(``line.py``); this file holds the relaxation that keeps at most ``budget`` parts (which ExactLine's
+splitting transformers end with), the residual ``add`` of two part lists, the sigmoid/tanh transformers
+(boxes, monotone) and ``from_bounds`` (one box: Box semantics).  Layer: above ``line_element``, below
+``line``, which builds the 'approxline' table from these and registers it.  Proof: proofs/approxline.md.
 """
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ import dataclasses
 import numpy as np
 
 from refcert import autodiff as ad
-from refcert import backends, domains
+from refcert import backends
 from refcert.autodiff import Tensor
-from refcert.domains import line
-from refcert.domains.line import LineElement, Parts
+from refcert.domains.line_element import LineElement, Parts, _lerp, _map
 
 
 def relax(element: LineElement) -> LineElement:
@@ -75,8 +75,8 @@ def _bbox(parts: Parts, lo: float, hi: float, first: int, last: int):
     width = np.where(t1 > t0, t1 - t0, 1.0)
     s_lo = np.where(parts.is_box[index], 0.0, np.clip((lo - t0) / width, 0.0, 1.0))
     s_hi = np.where(parts.is_box[index], 1.0, np.clip((hi - t0) / width, 0.0, 1.0))
-    p = line._lerp(parts.start, parts.end, index, s_lo)
-    q = line._lerp(parts.start, parts.end, index, s_hi)
+    p = _lerp(parts.start, parts.end, index, s_lo)
+    q = _lerp(parts.start, parts.end, index, s_hi)
     return xp.min(xp.minimum(p, q), axis=0), xp.max(xp.maximum(p, q), axis=0)
 
 
@@ -97,7 +97,7 @@ def _add_parts(a: Parts, b: Parts) -> Parts:
         t0, t1 = X.t[first], X.t[first + 1]
         width = np.where(t1 > t0, t1 - t0, 1.0)
         s_lo, s_hi = np.clip((lo - t0) / width, 0, 1), np.clip((hi - t0) / width, 0, 1)
-        rows.append((first, last, line._lerp(X.start, X.end, first, s_lo), line._lerp(X.start, X.end, first, s_hi)))
+        rows.append((first, last, _lerp(X.start, X.end, first, s_lo), _lerp(X.start, X.end, first, s_hi)))
     (fa, la, pa, qa), (fb, lb, pb, qb) = rows
     start, end = pa + pb, qa + qb
     boxed = np.nonzero(~simple)[0]
@@ -138,7 +138,7 @@ def _monotone(f, op: str):
             lower = Tensor(xp.minimum(parts.start.value, parts.end.value))
             upper = Tensor(xp.maximum(parts.start.value, parts.end.value))
             return Parts(parts.t, f(lower), f(upper), np.ones(parts.is_box.shape, bool))
-        return line._map(element, item, op, {})
+        return _map(element, item, op, {})
     return transformer
 
 
@@ -155,6 +155,6 @@ def from_bounds(lower, upper) -> LineElement:
     return LineElement(items, "approxline", None, ("box", lower, upper))
 
 
-APPROXLINE = {**line.EXACTLINE, "add": add,
-              "sigmoid": _monotone(lambda x: ad.sigmoid(x), "sigmoid"), "tanh": _monotone(lambda x: ad.tanh(x), "tanh")}
-domains.register("approxline", APPROXLINE, from_bounds)
+#: ApproxLine's transformers that differ from ExactLine's (``line.APPROXLINE`` is ExactLine's table with these)
+OWN_TRANSFORMERS = {"add": add, "sigmoid": _monotone(lambda x: ad.sigmoid(x), "sigmoid"),
+                    "tanh": _monotone(lambda x: ad.tanh(x), "tanh")}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -137,6 +138,9 @@ def refcert_adapter() -> CommandAdapter:
 def get(verifier: str):
     """'marabou', 'refcert', or a command template with {onnx} {vnnlib} {result} {timeout}."""
     if verifier == "marabou":
+        if shutil.which("Marabou") is None:
+            raise RuntimeError("--verifier marabou needs the Marabou executable on PATH; maraboupy installs it: "
+                               "pip install 'refcert[fuzz]'")
         return MarabouAdapter()
     if verifier == "refcert":
         return refcert_adapter()

@@ -1,5 +1,7 @@
 """The ONNX operators ``load_onnx`` understands: one function per op_type (see refcert/io/onnx.py).
 
+They build on the importer state of refcert/io/onnx_graph.py (the layer below); onnx.py drives them.
+
 Each function takes the importer, the node, its inputs (NumPy arrays for constants, ``_Value`` for data)
 and its attributes, and returns its outputs.  Operators whose inputs are all constants are folded with
 NumPy; anything else not listed raises ``OnnxImportError`` naming the node and op_type.
@@ -11,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from refcert import nn
-from refcert.io.onnx import _then, _Value
+from refcert.io.onnx_graph import _tensor, _then, _Value
 
 
 def _is_data(x):
@@ -59,11 +61,6 @@ def _conv(imp, node, args, attrs):
     conv.params.update(weight=_tensor(W, imp.dtype), bias=_tensor(b, imp.dtype))
     h, w = ((s + 2 * padding - int(k[0])) // stride + 1 for s in x.shape[1:])
     return [_then(x, conv, (W.shape[0], h, w))]
-
-
-def _tensor(array, dtype):
-    from refcert.io.onnx import _tensor as make
-    return make(array, dtype)
 
 
 def _pool(imp, node, args, attrs):

@@ -8,7 +8,8 @@ lower ≤ x ≤ upper together with ANY of the output polytopes  C y ≤ d  (C (
 Supported: ``declare-const``, ``assert`` of ``<= >= < > =`` between linear terms (``+ - *``, numbers,
 variables), ``and``, ``or`` (expanded to DNF).  Errors name the file, line and column.
 
-Numbers are read exactly (decimal → ``fractions.Fraction``); NaN and infinities are refused.  The float
+Numbers are read exactly (decimal → ``fractions.Fraction``); NaN, infinities and numbers beyond the float64
+range are refused, naming the file, line, constant and the variable it bounds.  The float
 arrays are rounded *outward* (the input box contains the real one), and each disjunct and each (C, d)
 carry what a sound decision needs (``Disjunct``, ``Constraint``): the exact box, ``d`` rounded both ways,
 which rows are strict (``<``, ``>``: the unsafe set is then open), and whether C is exact in float64.
@@ -84,19 +85,34 @@ def _position(expr):
     return expr if isinstance(expr, _Token) else (_position(expr[0]) if expr else expr.token)
 
 
-def _linear(expr, names, where):
+FLOAT_MAX = Fraction(np.finfo(np.float64).max)
+
+
+def _bad_number(text: str, about: str) -> str:
+    """Why ``text`` is not a number VNN-LIB allows; ``about``: ' in the bound of X_0' or ''."""
+    try:
+        value = float(text)
+    except ValueError:
+        return f"undeclared variable or bad number {text!r} (numbers must be finite decimals)"
+    kind = "NaN (not a number)" if value != value else "infinite"
+    return f"the constant {text!r}{about} is {kind}; VNN-LIB numbers must be finite decimals"
+
+
+def _linear(expr, names, where, about=""):
     """A linear term as ({variable: coefficient}, constant)."""
     if isinstance(expr, _Token):
         if expr in names:
             return {str(expr): Fraction(1)}, Fraction(0)
         try:
-            return {}, Fraction(str(expr))
+            value = Fraction(str(expr))
         except (ValueError, ZeroDivisionError):
-            raise _error(where, expr, f"undeclared variable or bad number {str(expr)!r} "
-                                      f"(numbers must be finite decimals)") from None
+            raise _error(where, expr, _bad_number(str(expr), about)) from None
+        if abs(value) > FLOAT_MAX:
+            raise _error(where, expr, f"the constant {str(expr)!r}{about} is beyond the float64 range (±1.8e308)")
+        return {}, value
     if not expr:
         raise _error(where, expr.token, "empty term '()'")
-    head, args = expr[0], [_linear(a, names, where) for a in expr[1:]]
+    head, args = expr[0], [_linear(a, names, where, about) for a in expr[1:]]
     if head == "+" or (head == "-" and len(args) != 1):
         sign = [1] + [1 if head == "+" else -1] * (len(args) - 1)
         return _combine(args, sign)
@@ -127,8 +143,13 @@ def _atoms(expr, names, where):
     """(terms, constant, strict) meaning  terms·v + constant ≤ 0 (< 0 if strict), for one comparison."""
     if isinstance(expr, _Token) or len(expr) != 3 or expr[0] not in ("<=", ">=", "<", ">", "="):
         raise _error(where, _position(expr), "expected a comparison (<= a b), (>= a b) or (= a b)")
-    (ta, ca), (tb, cb) = _linear(expr[1], names, where), _linear(expr[2], names, where)
+    variables = [str(a) for a in expr[1:] if isinstance(a, _Token) and a in names]
+    about = f" in the bound of {variables[0]}" if len(variables) == 1 else ""
+    (ta, ca), (tb, cb) = _linear(expr[1], names, where, about), _linear(expr[2], names, where, about)
     a_minus_b = _combine([(ta, ca), (tb, cb)], [1, -1])
+    if any(abs(v) > FLOAT_MAX for v in [a_minus_b[1], *a_minus_b[0].values()]):
+        raise _error(where, _position(expr), f"a coefficient or constant of this comparison{about} is beyond the "
+                                             f"float64 range (±1.8e308)")
     b_minus_a = _combine([(ta, ca), (tb, cb)], [-1, 1])
     op = str(expr[0])
     strict = op in ("<", ">")
@@ -230,6 +251,8 @@ def read_vnnlib(path):
             if on_x and len(terms) == 1:
                 index, a = int(on_x[0][2:]), terms[on_x[0]]
                 bound = -constant / a  # the float box is the closure; strictness is kept for membership
+                if abs(bound) > FLOAT_MAX:
+                    raise VnnlibError(f"{where}: a bound of {on_x[0]} is beyond the float64 range (±1.8e308)")
                 if a > 0:
                     if upper[index] is None or bound < upper[index]:
                         upper[index], strict_upper[index] = bound, is_strict
@@ -251,7 +274,12 @@ def read_vnnlib(path):
                 strict.append(is_strict)
         missing = [i for i in range(n_in) if lower[i] is None or upper[i] is None]
         if missing:
-            raise VnnlibError(f"{where}: inputs X_{missing[0]} (and {len(missing) - 1} more) lack a lower or upper bound")
+            i = missing[0]
+            side = "lower and upper bounds" if lower[i] is None and upper[i] is None else \
+                "a lower bound" if lower[i] is None else "an upper bound"
+            more = f" (and {len(missing) - 1} more input(s) lack bounds)" if len(missing) > 1 else ""
+            raise VnnlibError(f"{where}: input X_{i} lacks {side}{more}; every X_i needs finite bounds such as "
+                              f"(assert (>= X_{i} 0.0)) and (assert (<= X_{i} 1.0))")
         key = (tuple(lower), tuple(upper), tuple(strict_lower), tuple(strict_upper))
         if key not in grouped:
             box = Disjunct((np.array([rounded(q, -1) for q in lower]), np.array([rounded(q, +1) for q in upper]), []))

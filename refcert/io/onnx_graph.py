@@ -1,0 +1,159 @@
+"""The state of ``load_onnx`` while it walks a graph (see refcert/io/onnx.py): data values, layers, layout.
+
+A data tensor is a ``_Value``: a chain of refcert layers back to the input, its shape in refcert's
+layout (``shape``) and in the ONNX graph (``logical``; both without the batch axis, same C-order data),
+plus a pending feature permutation (from Transpose) and zero padding (from Pad) not yet turned into
+layers.  ``_Importer`` turns pending changes and constant elementwise maps into layers; the operators
+(refcert/io/onnx_ops.py) build on it.  Needs only NumPy: the ``onnx`` package is imported by onnx.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from refcert import nn
+from refcert.autodiff import Tensor
+
+
+class OnnxImportError(ValueError):
+    """An ONNX graph refcert cannot represent: names the file, node and operator."""
+
+
+@dataclass(frozen=True)
+class _Value:
+    prev: "_Value | None"        # the value this one's layer was applied to (None: the input)
+    layer: "nn.Module | None"
+    shape: tuple                 # refcert layout, without batch
+    logical: tuple               # ONNX shape, without batch (same data in C order, up to `perm`)
+    perm: "np.ndarray | None" = None   # logical flat element j lives at refcert flat position perm[j]
+    pad: int = 0                 # pending symmetric zero padding of H and W (only a Conv may consume it)
+
+
+def _then(v: _Value, layer: nn.Module, shape: tuple, logical=None) -> _Value:
+    return _Value(v, layer, tuple(shape), tuple(shape if logical is None else logical), v.perm, 0)
+
+
+def _tensor(array, dtype) -> Tensor:
+    return Tensor(np.asarray(array, dtype=dtype), requires_grad=True)
+
+
+class _Importer:
+    def __init__(self, path, dtype):
+        self.path, self.dtype = path, dtype
+        self.input_permutation = None
+
+    def fail(self, node, message):
+        raise OnnxImportError(f"{self.path}: node {node.name or '(unnamed)'!r} ({node.op_type}): {message}")
+
+    # -- layout -------------------------------------------------------------------------------
+    def materialize(self, v: _Value, node) -> _Value:
+        """A value whose refcert layout is its ONNX layout (perm and pad applied)."""
+        if v.pad:
+            self.fail(node, "a Pad is only supported directly before a Conv")
+        if v.perm is not None:
+            if v.prev is None and v.layer is None:      # the input itself: reorder it instead
+                self.input_permutation = v.perm
+                return _Value(None, None, v.logical, v.logical)
+            if len(v.logical) == 1:                      # flat: a permutation matrix
+                P = np.zeros((v.perm.size, v.perm.size))
+                P[np.arange(v.perm.size), v.perm] = 1.0
+                return self.linear(replace(v, perm=None), P, np.zeros(v.perm.size), v.logical)
+            self.fail(node, f"cannot materialise a transposed tensor of shape {v.logical} here")
+        if v.shape == v.logical:
+            return v
+        if len(v.logical) == 1:
+            return _then(v, nn.Flatten(), v.logical)
+        self.fail(node, f"cannot reshape features {v.shape} to {v.logical} (refcert has no reshape layer)")
+
+    def linear(self, v: _Value, M, b, logical_out) -> _Value:
+        """Linear layer M (out, n) on the logical flat features; folds a pending permutation."""
+        if v.pad:
+            raise OnnxImportError(f"{self.path}: a Pad is only supported directly before a Conv")
+        if v.perm is not None:
+            folded = np.zeros_like(M)
+            folded[:, v.perm] = M
+            M = folded
+        if len(v.shape) != 1:
+            v = _then(replace(v, perm=None), nn.Flatten(), (int(np.prod(v.shape)),))
+        layer = nn.Linear(M.shape[1], M.shape[0], dtype=self.dtype)
+        layer.params.update(weight=_tensor(M, self.dtype), bias=_tensor(b, self.dtype))
+        return _Value(v, layer, (M.shape[0],), tuple(logical_out))
+
+    def affine(self, v: _Value, a, b, node) -> _Value:
+        """Elementwise x*a + b with constants a, b broadcastable to v's ONNX shape."""
+        try:
+            a = np.broadcast_to(np.asarray(a, dtype=np.float64), (1,) + v.logical)[0]
+            b = np.broadcast_to(np.asarray(b, dtype=np.float64), (1,) + v.logical)[0]
+        except ValueError:
+            self.fail(node, f"constant does not broadcast to the data shape {v.logical}")
+        layer = v.layer
+        if v.perm is None and not v.pad and isinstance(layer, nn.Linear) and v.shape == (a.size,):
+            W, bias = layer.params["weight"].numpy().astype(np.float64), layer.params["bias"].numpy()
+            a, b = a.reshape(-1), b.reshape(-1)
+            new = nn.Linear(W.shape[1], W.shape[0], dtype=self.dtype)
+            new.params.update(weight=_tensor(a[:, None] * W, self.dtype), bias=_tensor(a * bias + b, self.dtype))
+            return replace(v, layer=new)
+        v = self.materialize(v, node)
+        channel_a, channel_b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+        per_channel = bool(np.all(channel_a == channel_a[:, :1]) and np.all(channel_b == channel_b[:, :1]))
+        if not per_channel and len(v.shape) > 1:
+            self.fail(node, f"an elementwise constant that varies inside a channel of shape {v.shape}")
+        a_c, b_c = channel_a[:, 0], channel_b[:, 0]
+        if isinstance(layer, nn.Conv2d) and v.layer is layer and len(v.shape) == 3:
+            W, bias = layer.params["weight"].numpy().astype(np.float64), layer.params["bias"]
+            bias = np.zeros(W.shape[0]) if bias is None else bias.numpy()
+            new = nn.Conv2d(W.shape[1], W.shape[0], W.shape[2], layer.params["stride"], layer.params["padding"],
+                            dtype=self.dtype)
+            new.params.update(weight=_tensor(a_c[:, None, None, None] * W, self.dtype),
+                              bias=_tensor(a_c * bias + b_c, self.dtype))
+            return replace(v, layer=new)
+        if np.all(a_c > 0) and isinstance(layer, nn.Normalize) and v.layer is layer \
+                and layer.params["mean"].shape[0] == a_c.size:   # a((x - m)/s) + b = (x - (m - b s/a)) / (s/a)
+            m, sd = (layer.params[k].numpy().astype(np.float64) for k in ("mean", "std"))
+            return replace(v, layer=nn.Normalize(mean=m - b_c * sd / a_c, std=sd / a_c, dtype=self.dtype))
+        if np.all(a_c > 0):
+            return _then(v, nn.Normalize(mean=-b_c / a_c, std=1.0 / a_c, dtype=self.dtype), v.shape)
+        if len(v.shape) == 1:
+            return self.linear(v, np.diag(a_c), b_c, v.logical)
+        if len(v.shape) != 3:
+            self.fail(node, f"a sign-changing scale on features of shape {v.shape}")
+        conv = nn.Conv2d(a_c.size, a_c.size, 1, dtype=self.dtype)
+        conv.params.update(weight=_tensor(np.diag(a_c)[:, :, None, None], self.dtype), bias=_tensor(b_c, self.dtype))
+        return _then(v, conv, v.shape)
+
+    def residual(self, a: _Value, b: _Value, node) -> _Value:
+        """Add of two data tensors: ``nn.Residual`` from their last common value.  Both sides are in the
+        same C-order data layout once pending permutations/pads are applied, so a shape that differs only
+        in refcert's view (e.g. (n,) for ONNX's (n, 1) of a MatMul on a [1, n, 1] input) needs no layer."""
+        a, b = (self.materialize(v, node) if v.perm is not None or v.pad else v for v in (a, b))
+        if a.logical != b.logical:
+            self.fail(node, f"adds tensors of different shapes {a.logical} and {b.logical}")
+        if a.shape != b.shape:   # same data, one side flattened already: flatten the other too
+            a, b = (v if len(v.shape) == 1 else _then(v, nn.Flatten(), (int(np.prod(v.shape)),)) for v in (a, b))
+        ancestors, walk = [], a
+        while walk is not None:
+            ancestors.append(walk.layer)
+            walk = walk.prev
+        branch = b
+        while not any(branch.layer is layer for layer in ancestors):
+            branch = branch.prev
+        return _Value(branch, nn.Residual(nn.Sequential(*_chain(branch, a)), nn.Sequential(*_chain(branch, b))),
+                      a.shape, a.logical)
+
+
+def _chain(start: _Value, end: _Value) -> list:
+    """The layers after ``start`` up to ``end``; values are identified by their layer (shape-only
+    changes copy a value but keep its layer)."""
+    layers = []
+    while end.layer is not start.layer:
+        layers.append(end.layer)
+        end = end.prev
+    return layers[::-1]
+
+
+def _layers(v: _Value) -> list:
+    root = v
+    while root.prev is not None:
+        root = root.prev
+    return _chain(root, v)
