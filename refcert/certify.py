@@ -74,6 +74,17 @@ def ball_domains() -> list[str]:
     return names
 
 
+def check_domains(names) -> list[str]:
+    """``names`` without repeats, each a domain of ``ball_domains()``; else a ValueError listing those."""
+    accepted = ball_domains()
+    for name in names:
+        if name not in accepted:
+            what = f"unknown domain {name!r}" if name not in domains.names() else \
+                f"domain {name!r} cannot bound a box or L∞ ball"
+            raise ValueError(f"{what}; choose from {', '.join(accepted)}")
+    return list(dict.fromkeys(names))
+
+
 def _validate(net, x, labels, eps, clip):
     """Inputs as NumPy (x float, labels int64) after checking shapes, values and ranges."""
     nn.check_finite(net)

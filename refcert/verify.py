@@ -42,6 +42,7 @@ from refcert import domains as domain_registry
 from refcert import fp, interpret, nn
 from refcert.spec import through
 from refcert.autodiff import Tensor
+from refcert.certify import check_domains
 from refcert.exact import ExactUndecided, find_violation
 from refcert.io import vnnlib
 
@@ -277,9 +278,7 @@ def verify(net, disjuncts, domains=DEFAULT_DOMAINS, timeout=None, complete: bool
         if value is not None and not float(value) >= 0:  # NaN fails too
             raise ValueError(f"{what} must be a number of seconds >= 0 (or None), got {value!r}")
     deadline = min(math.inf if timeout is None else began + timeout, math.inf if deadline is None else deadline)
-    names = list(dict.fromkeys(domains))
-    for name in names:
-        domain_registry.get(name)  # unknown names fail before any work
+    names = check_domains(domains)  # unknown names, and point or exactline, fail before any work
     if int(attack_steps) < 0 or int(restarts) < 1 or int(seed) < 0:
         raise ValueError(f"need attack_steps >= 0, restarts >= 1 and seed >= 0, got {attack_steps}, {restarts}, "
                          f"{seed}")

@@ -160,8 +160,8 @@ def test_weights_command_lists_and_locates(capsys):
 # --- options ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("domain, message", [("nosuch", "unknown domain 'nosuch'"),
-                                             ("point", "cannot certify an L∞ ball"),
-                                             ("exactline", "cannot certify an L∞ ball")])
+                                             ("point", "cannot bound a box or L∞ ball"),
+                                             ("exactline", "cannot bound a box or L∞ ball")])
 def test_domain_errors_list_exactly_what_certify_accepts(files, capsys, domain, message):
     """Problem 3: the list named `point` and `exactline`, which certify refuses."""
     code, err = _error(["certify", "--net", str(files / "net.npz"), "--inputs", str(files / "in.npz"),
@@ -169,6 +169,9 @@ def test_domain_errors_list_exactly_what_certify_accepts(files, capsys, domain, 
     assert code == 1 and len(err) == 1 and message in err[0]
     listed = err[0].split("choose from ", 1)[1].split(", ")
     assert listed == ball_domains() and "point" not in listed and "exactline" not in listed
+    code, err = _error(["verify", str(files / "net.npz"), str(files / "no.vnnlib"), "--domain", domain], capsys)
+    assert code == 1 and len(err) == 1 and message in err[0]  # verify: the same list, before reading files
+    assert err[0].split("choose from ", 1)[1].split(", ") == ball_domains()
 
 
 @pytest.mark.parametrize("option, value, message", [

@@ -261,3 +261,68 @@ def test_cli_info_imports_only_its_command():
     code, imported = _command_modules_after(["info"])
     assert code == 0
     assert imported == ["refcert.commands.info"]
+
+
+# --- the layers of docs/ARCHITECTURE.md ---------------------------------------------------------------
+
+def documented_layers() -> dict[str, int]:
+    """refcert module or package -> its layer, from the table in docs/ARCHITECTURE.md ("| N | `a`, `b/*` ...")."""
+    import re
+    layers = {}
+    for line in (REPO / "docs" / "ARCHITECTURE.md").read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].isdigit():
+            for token in re.findall(r"`([a-z_/*]+)`", cells[1]):
+                layers["refcert." + token.rstrip("*").rstrip("/").replace("/", ".")] = int(cells[0])
+    return layers
+
+
+def layer_of(module: str, layers: dict[str, int]) -> int | None:
+    """The layer of the longest documented name that is ``module`` or one of its packages."""
+    for name in sorted(layers, key=len, reverse=True):
+        if module == name or module.startswith(name + "."):
+            return layers[name]
+    return None
+
+
+def layer_violations(graph, layers) -> list[str]:
+    """Modules missing from the table, and imports that point up it."""
+    problems = []
+    for module, edges in sorted(graph.items()):
+        if module == "refcert":  # the package's __init__ re-exports the public names of every layer
+            continue
+        mine = layer_of(module, layers)
+        if mine is None:
+            problems.append(f"{module} is in no layer of docs/ARCHITECTURE.md")
+            continue
+        for target, line in edges.items():
+            theirs = layer_of(target, layers)
+            if target != "refcert" and theirs is not None and theirs > mine:
+                problems.append(f"{module} (layer {mine}) imports {target} (layer {theirs}) at line {line}")
+    return problems
+
+
+def test_layer_check_catches_a_planted_upward_import():
+    layers = {"refcert.a": 0, "refcert.b": 1}
+    assert layer_violations({"refcert.a": {"refcert.b": 3}, "refcert.b": {"refcert.a": 1}}, layers) == \
+        ["refcert.a (layer 0) imports refcert.b (layer 1) at line 3"]
+    assert layer_violations({"refcert.c": {}}, layers) == ["refcert.c is in no layer of docs/ARCHITECTURE.md"]
+
+
+def test_imports_point_down_the_documented_layers():
+    """Every module is in the table of docs/ARCHITECTURE.md and imports only its own layer or lower ones."""
+    layers = documented_layers()
+    assert layers["refcert.autodiff_core"] == 1 and layers["refcert.commands"] == 7
+    problems = layer_violations(import_graph(), layers)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_default_output_folders_are_ignored_by_git():
+    """`refcert demo` and `refcert train` write into ./demo-out and ./run by default; a user running them in
+    a clone must not see them as untracked files (demo-out/ was not ignored)."""
+    from refcert import cli
+    ignored = set(_lines((REPO / ".gitignore").read_text()))
+    for command in ("demo", "train"):
+        parser = cli.build_parser(command)
+        out = parser.parse_args([command]).out
+        assert {f"{out}/", f"/{out}/"} & ignored, f"refcert {command}'s default --out {out!r} is not in .gitignore"

@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from refcert import datasets, domains
-from refcert.certify import CONCRETE_BATCH, ball_domains, certify
+from refcert import datasets
+from refcert.certify import CONCRETE_BATCH, certify, check_domains
 from refcert.io.npz import atomic_write
 from refcert.weights import load_network
 
@@ -122,17 +122,6 @@ def _json(results, args, elapsed, input_shape) -> dict:
                         else np.asarray(res.counterexamples[i]).reshape(-1).tolist()}
                        for i in range(len(res.verdicts))]}
     return out
-
-
-def check_domains(names) -> list[str]:
-    """The domain names, each one ``certify`` accepts (``ball_domains``), else a ValueError listing those."""
-    accepted = ball_domains()
-    for name in names:
-        if name not in accepted:
-            what = f"unknown domain {name!r}" if name not in domains.names() else \
-                f"domain {name!r} cannot certify an L∞ ball"
-            raise ValueError(f"{what}; choose from {', '.join(accepted)}")
-    return list(names)
 
 
 def _check_numbers(args):

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from refcert import domains
+from refcert.certify import check_domains
 from refcert.autodiff import no_grad
 from refcert.verify import DEFAULT_DOMAINS, verify
 from refcert.weights import load_network, resolve
@@ -78,10 +78,7 @@ def _onnxruntime(path, net):
 
 def run(args):
     from refcert.io.vnnlib import read_vnnlib, write_result
-    names = args.domain or list(DEFAULT_DOMAINS)
-    for name in names:
-        if name not in domains.names():
-            raise ValueError(f"unknown domain {name!r}; choose from {', '.join(domains.names())}")
+    names = check_domains(args.domain or DEFAULT_DOMAINS)
     if args.timeout is not None and not args.timeout >= 0:
         raise ValueError(f"--timeout must be >= 0 seconds, got {args.timeout}")
     if args.seed < 0:
