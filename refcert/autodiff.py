@@ -5,13 +5,16 @@ vjp convention and ``Tensor.backward()``).  Layers (each imports only those belo
 ``autodiff_core`` holds ``Tensor``, recording (``no_grad``), ``primitive`` and the ops Tensor's
 operators use (add, sub, mul, div, neg, sum, mean, matmul, reshape, transpose, getitem);
 ``autodiff_conv`` the convolution and pooling rows; this module the other primitives (maximum, where,
-relu, sigmoid, logsumexp, cross_entropy, concatenate, ...) and composites, and it re-exports the names of
+relu, sigmoid, logsumexp, cross_entropy, concatenate, take_last, ...) and composites, and it re-exports the names of
 both lower modules, so ``autodiff.conv2d`` and ``autodiff.Tensor`` stay the one place callers look.
 """
 from __future__ import annotations
 
 import builtins
 
+import numpy as np
+
+from refcert import backends
 from refcert.autodiff_conv import (  # noqa: F401  (re-exported: autodiff.conv2d etc.)
     CHUNK_BYTES, avg_pool2d, conv2d, conv_transpose2d, max_pool2d, pad2d)
 from refcert.autodiff_core import (  # noqa: F401  (re-exported: the Tensor, recording and the core ops)
@@ -98,6 +101,23 @@ cross_entropy = primitive(  # mean over the batch of -log softmax(logits)[label]
                                    - _one_hot(labels, z.shape[-1], z)) / z.shape[0])
 
 # --- shapes (matmul, reshape, transpose, getitem: autodiff_core) ------------------------------
+def inverse_index(index):
+    """The permutation that undoes ``index`` (a NumPy permutation of 0..n−1): x[inverse][index] = x."""
+    inverse = np.empty_like(index)
+    inverse[index] = np.arange(index.size)
+    return inverse
+
+
+def _take_last(x, *, index):
+    """x[..., index]: the last axis gathered by ``index`` (a NumPy permutation of its positions)."""
+    return _xp().take(x, backends.current().asarray(index), axis=x.ndim - 1)
+
+
+# A permutation of the last axis; its vjp is the inverse permutation: g ↦ g[..., inverse_index(index)].
+take_last = primitive("take_last", _take_last,
+                      lambda g, ans, x, *, index: _take_last(g, index=inverse_index(index)))
+
+
 broadcast_to = primitive("broadcast_to", lambda x, *, shape: _xp().broadcast_to(x, tuple(shape)),
                          lambda g, ans, x, *, shape: unbroadcast(g, x.shape))
 

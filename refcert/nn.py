@@ -148,6 +148,39 @@ class Flatten(_Parameterless):
     op = "flatten"
 
 
+class Permute(Module):
+    """Rearrange the features: flat feature j of the output is flat feature ``index[j]`` of the input
+    (after the batch axis, C order), shaped as ``shape``.  ``index`` must be a permutation, so the layer
+    is exact in every domain.  ``Permute.transpose(in_shape, axes)`` builds the one that moves the feature
+    axes like ``numpy.transpose`` (e.g. NHWC input to NCHW: ``Permute.transpose((H, W, C), (2, 0, 1))``),
+    and an ONNX model whose input is transposed before its first convolution starts with one."""
+    op = "permute"
+
+    def __init__(self, index, shape):
+        super().__init__()
+        index = np.asarray(index)
+        shape = tuple(int(s) for s in np.atleast_1d(shape))
+        if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer) and index.size:
+            raise ValueError(f"Permute needs a 1-D integer index, got shape {index.shape} dtype {index.dtype}")
+        index = index.astype(np.int64)
+        if not np.array_equal(np.sort(index), np.arange(index.size)):
+            raise ValueError(f"Permute's index must be a permutation of 0..{index.size - 1}")
+        if int(np.prod(shape)) != index.size or any(s < 1 for s in shape):
+            raise ValueError(f"Permute's shape {shape} does not hold its {index.size} features")
+        self.params = {"index": index, "shape": shape}
+
+    @classmethod
+    def transpose(cls, in_shape, axes) -> "Permute":
+        moved = np.transpose(np.arange(int(np.prod(in_shape))).reshape(tuple(in_shape)), tuple(axes))
+        return cls(moved.reshape(-1), moved.shape)
+
+    def config(self):
+        return {"index": self.params["index"].tolist(), "shape": list(self.params["shape"])}
+
+    def __repr__(self):
+        return f"Permute({self.params['index'].size} features to shape {self.params['shape']})"
+
+
 class _Pool(Module):
     def __init__(self, kernel_size: int, stride: int | None = None, padding: int = 0):
         super().__init__()
@@ -267,5 +300,5 @@ def parameter_dtype(net) -> str | None:
 
 
 #: layer classes by name, for refcert.save / refcert.load
-LAYER_TYPES = {cls.__name__: cls for cls in (Linear, Conv2d, Normalize, ReLU, Sigmoid, Tanh, Flatten,
+LAYER_TYPES = {cls.__name__: cls for cls in (Linear, Conv2d, Normalize, ReLU, Sigmoid, Tanh, Flatten, Permute,
                                              AvgPool2d, MaxPool2d, Sequential, Residual)}

@@ -23,8 +23,9 @@ Time limits (``timeout``, ``deadline``) are checked in every loop (disjuncts, do
 layers, PGD steps, split pieces); the MILP runs in a child process killed at the deadline
 (``refcert.exact.find_violation``), so no step overruns by more than about one layer of a domain pass.
 Running out of time gives ``timeout``: only proved verdicts are ``sat`` or ``unsat``.
-Bounds are computed on a float64 copy of the net.  Boxes are given flat in VNN-LIB (ONNX) order and
-counterexamples are returned in that order (``net.input_permutation`` is undone).
+Bounds are computed on a float64 copy of the net.  Boxes are given flat in VNN-LIB (ONNX) order, which
+is the C order of the net's input (an ONNX file's transposed input is a ``Permute`` layer inside the
+net), and counterexamples are returned in that order.
 """
 from __future__ import annotations
 
@@ -92,8 +93,8 @@ def _forward(net, x) -> np.ndarray:
     return y.reshape(y.shape[0], -1)
 
 
-def _units(net64, disjuncts, shape, perm) -> list:
-    """Validate the disjuncts against the net; boxes rearranged into the net's layout."""
+def _units(net64, disjuncts, shape) -> list:
+    """Validate the disjuncts against the net; boxes shaped as its input."""
     n = int(np.prod(shape))
     units = []
     for b, disjunct in enumerate(disjuncts):
@@ -108,10 +109,6 @@ def _units(net64, disjuncts, shape, perm) -> list:
         exact_upper = getattr(disjunct, "exact_upper", None) or [Fraction(float(v)) for v in upper]
         strict_lower = list(getattr(disjunct, "strict_lower", None) or [False] * n)
         strict_upper = list(getattr(disjunct, "strict_upper", None) or [False] * n)
-        if perm is not None:
-            lower, upper = lower[perm], upper[perm]
-            exact_lower, exact_upper = [exact_lower[i] for i in perm], [exact_upper[i] for i in perm]
-            strict_lower, strict_upper = [strict_lower[i] for i in perm], [strict_upper[i] for i in perm]
         lower, upper = lower.reshape((1,) + tuple(shape)), upper.reshape((1,) + tuple(shape))
         for entry in specs:
             C, d = entry[0], entry[1]
@@ -296,25 +293,21 @@ def verify(net, disjuncts, domains=DEFAULT_DOMAINS, timeout=None, complete: bool
 def _verify(net, disjuncts, names, began, deadline, complete, seed, attack_steps, restarts, input_shape,
             execution, confirm) -> VerifyOutcome:
     net64, net32 = _constant_copy(net, "float64"), _constant_copy(net, "float32")
-    perm = getattr(net, "input_permutation", None)
     input_shape = input_shape or getattr(net, "input_shape", None) or (np.size(disjuncts[0][0]) if disjuncts else 0,)
-    units = _units(net64, disjuncts, tuple(input_shape), perm)
+    units = _units(net64, disjuncts, tuple(input_shape))
     proved = {}
     rng = np.random.default_rng(seed)
     def check(unit, x):
         found = _check(net64, net32, unit, x, execution)
         if found is None or confirm is None:
             return found
-        flat = found[0].reshape(-1) if perm is None else found[0].reshape(-1)[np.argsort(perm)]
-        y = np.asarray(confirm(flat.astype(execution)), dtype=np.float64).reshape(-1)
+        y = np.asarray(confirm(found[0].reshape(-1).astype(execution)), dtype=np.float64).reshape(-1)
         return found if _violates(unit, y) else None
 
     def outcome(status, message, found=None):
         x, y = (None, None) if found is None else found
         if x is not None:
             x = x.reshape(-1)
-            if perm is not None:  # refcert flat position perm[j] holds ONNX flat element j
-                x = x[np.argsort(perm)]
         return VerifyOutcome(status, x, y, time.monotonic() - began, proved, message)
 
     def prove(method):

@@ -259,6 +259,12 @@ def _exact_pool(x: Interval, layer, kind) -> Interval:
     return x.map(lambda v: windows(v, k, k, stride, padding, Fraction(0)).sum(axis=-1) / Fraction(k * k))
 
 
+def _permuted(v, layer):
+    """nn.Permute on an array (batch first): flat feature j of the output is flat feature index[j]."""
+    index, shape = layer.params["index"], layer.params["shape"]
+    return v.reshape(v.shape[0], -1)[:, index].reshape((v.shape[0],) + tuple(shape))
+
+
 def _exact_leaf(layer, x: Interval) -> Interval:
     op = layer.op
     if op == "linear":
@@ -270,6 +276,8 @@ def _exact_leaf(layer, x: Interval) -> Interval:
         return _exact_normalize(x, layer)
     if op == "flatten":
         return x.reshape((x.shape[0], -1))
+    if op == "permute":
+        return x.map(lambda v: _permuted(v, layer))
     if op in ("avg_pool2d", "max_pool2d"):
         return _exact_pool(x, layer, op[:3])
     if op == "relu":
@@ -450,6 +458,8 @@ def _float_leaf(order):
             return (x - mean) / std
         if op == "flatten":
             return x.reshape(x.shape[0], -1)
+        if op == "permute":
+            return _permuted(x, layer)
         if op in ("avg_pool2d", "max_pool2d"):
             k, stride, padding = (layer.params[key] for key in ("kernel_size", "stride", "padding"))
             if op == "max_pool2d":

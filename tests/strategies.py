@@ -1,7 +1,7 @@
 """Hypothesis strategies shared by the property tests: random networks, input sets, sample points.
 
 ``networks()`` draws a small float64 network over the whole layer vocabulary (FC, conv, residual,
-pools, normalisation, sigmoid/tanh) together with its input shape.  ``input_boxes()`` draws a batch of
+pools, normalisation, feature permutations, sigmoid/tanh) together with its input shape.  ``input_boxes()`` draws a batch of
 boxes (some coordinates degenerate, radius 0 included).  ``sample_points()`` returns corners, uniform
 points and centres of those boxes.  ``assert_inside()`` is the soundness check every domain test uses.
 """
@@ -35,8 +35,8 @@ def networks(draw, image=None, max_depth=4, activations=ACTIVATIONS, residual=Tr
             layers.append(nn.Normalize(mean=rng.uniform(-0.5, 0.5, channels), std=rng.uniform(0.5, 2.0, channels),
                                        dtype="float64"))
         for _ in range(draw(st.integers(1, max_depth))):
-            kind = draw(st.sampled_from(["conv", "act", "pool", "residual"] if pools and residual else
-                                        ["conv", "act"] + (["pool"] if pools else []) + (["residual"] if residual else [])))
+            kind = draw(st.sampled_from(["conv", "act", "permute"] + (["pool"] if pools else [])
+                                        + (["residual"] if residual else [])))
             c, h = shape[0], shape[1]
             if kind == "conv":
                 k, s, p = draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(0, 1))
@@ -48,6 +48,8 @@ def networks(draw, image=None, max_depth=4, activations=ACTIVATIONS, residual=Tr
                 shape = (out, h, h)
             elif kind == "act":
                 layers.append(_activation(draw(st.sampled_from(activations))))
+            elif kind == "permute":  # a random rearrangement of the features, same shape
+                layers.append(nn.Permute(rng.permutation(int(np.prod(shape))), shape))
             elif kind == "pool" and h >= 2:
                 k, s = 2, draw(st.integers(1, 2))
                 layers.append(draw(st.sampled_from([nn.AvgPool2d, nn.MaxPool2d]))(k, s))
@@ -63,8 +65,10 @@ def networks(draw, image=None, max_depth=4, activations=ACTIVATIONS, residual=Tr
         width = draw(st.integers(1, 6))
         input_shape = (width,)
     for _ in range(draw(st.integers(0 if image else 1, max_depth))):
-        kind = draw(st.sampled_from(["linear", "act", "residual"] if residual else ["linear", "act"]))
-        if kind == "linear":
+        kind = draw(st.sampled_from(["linear", "act", "permute"] + (["residual"] if residual else [])))
+        if kind == "permute":
+            layers.append(nn.Permute(rng.permutation(width), (width,)))
+        elif kind == "linear":
             out = draw(st.integers(1, 6))
             layers.append(nn.Linear(width, out, **kw))
             width = out

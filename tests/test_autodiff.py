@@ -236,6 +236,8 @@ OPS = [  # (name, refcert function, autograd.numpy function, strategy of (arrays
     ("transpose", ad.transpose, lambda x, axes: anp.transpose(x, axes),
      with_params(one_array(), axes=lambda s: st.permutations(range(len(s))).map(tuple))),
     ("T", lambda x: x.T, anp.transpose, elementwise(1)),
+    ("take_last", ad.take_last, lambda x, index: x[..., index],
+     with_params(one_array(max_side=5), index=lambda s: st.permutations(range(s[-1])).map(np.array))),
     ("getitem", ad.getitem, lambda x, index: x[index],
      with_params(one_array(), index=lambda s: basic_indices(s, allow_ellipsis=False))),
     ("broadcast_to", ad.broadcast_to, lambda x, shape: x + np.zeros(shape), broadcast_inputs()),  # autograd's
@@ -338,6 +340,8 @@ def autograd_forward(module, x, weights, prefix=""):
     if module.op in pools:
         return pool_loop(x, p["kernel_size"], p["stride"], p["padding"], *pools[module.op])
     return {"flatten": lambda: anp.reshape(x, (x.shape[0], -1)), "relu": lambda: anp.where(x > 0, x, 0.0),
+            "permute": lambda: anp.reshape(anp.reshape(x, (x.shape[0], -1))[:, p.get("index")],
+                                           (x.shape[0],) + tuple(p.get("shape", ()))),
             "sigmoid": lambda: 1.0 / (1.0 + anp.exp(-x)), "tanh": lambda: anp.tanh(x)}[module.op]()
 
 

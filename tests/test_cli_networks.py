@@ -246,14 +246,16 @@ def test_certify_reads_nchw_images_into_an_nhwc_file(tmp_path, capsys):
         assert np.abs(point - x[i].reshape(-1)).max() <= 0.05 + 1e-6
 
 
-@pytest.mark.xfail(strict=True, reason="needs a permutation layer in refcert's layer vocabulary (nn + every "
-                                       "domain): an input Transpose before a Conv is still net.input_permutation")
 def test_nhwc_file_net_takes_the_files_layout(tmp_path):
-    """Problem 6: net(x) for x in the file's own layout equals onnxruntime's output on x."""
+    """Problem 6: net(x) for x in the file's own layout equals onnxruntime's output on x (the input
+    Transpose is an nn.Permute layer, which survives refcert.save / refcert.load)."""
     ort = pytest.importorskip("onnxruntime")
     nhwc, _ = _nhwc_pair(tmp_path)
     net = refcert.load_onnx(nhwc)
     x = np.random.default_rng(5).uniform(0, 1, (3, 6, 6, 2)).astype(np.float32)
     session = ort.InferenceSession(str(nhwc), providers=["CPUExecutionProvider"])
-    expected = session.run(None, {"x": x})[0]
+    expected = np.concatenate([session.run(None, {"x": x[i:i + 1]})[0] for i in range(len(x))])  # batch 1 file
     np.testing.assert_allclose(net(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert net.input_shape == (6, 6, 2) and net.layers[0].op == "permute"
+    refcert.save(net, tmp_path / "nhwc.npz")
+    np.testing.assert_array_equal(refcert.load(tmp_path / "nhwc.npz")(x).numpy(), net(x).numpy())

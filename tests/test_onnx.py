@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import refcert
+from refcert import nn
 from refcert.io.onnx import OnnxImportError, to_refcert_input
 from tests.conftest import shared_file
 from tests.strategies import networks
@@ -104,9 +105,10 @@ def test_quirky_graphs_match_onnxruntime(name, tmp_path):
     net = refcert.load_onnx(path)
     inputs = rng.uniform(0, 1, (20,) + shape).astype(np.float32)
     assert _max_difference(net, _session(model), inputs) <= 1e-5
-    if name == "nhwc_transpose_conv_bn_norm":   # the input was reordered to NCHW, BN folded into the conv
-        assert net.input_shape == (2, 5, 5) and net.input_permutation is not None
-        assert [layer.op for layer in net.layers] == ["normalize", "conv2d", "relu"]
+    if name == "nhwc_transpose_conv_bn_norm":   # the file's NHWC input, a Permute to NCHW, BN folded into the conv
+        assert net.input_shape == (5, 5, 2)
+        assert [layer.op for layer in net.layers] == ["permute", "normalize", "conv2d", "relu"]
+        assert net.layers[0].params["shape"] == (2, 5, 5)
 
 
 def test_unsupported_operator_names_node(tmp_path):
@@ -134,3 +136,35 @@ def test_export_runs_in_onnxruntime_and_round_trips(tmp_path_factory, drawn, see
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     again = refcert.load_onnx(folder / "f64.onnx", dtype="float64")
     np.testing.assert_allclose(again(x).numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_permute_layers_export_and_import_exactly(tmp_path):
+    """nn.Permute goes out as a Transpose (whole axes) or a Gather of the features, onnxruntime agrees, and
+    load_onnx reads both back; a Gather that is not a permutation of the features is refused by name."""
+    rng = np.random.default_rng(7)
+    net = nn.Sequential(nn.Permute.transpose((5, 5, 2), (2, 0, 1)), nn.Conv2d(2, 3, 3, rng=rng), nn.ReLU(),
+                        nn.Permute(rng.permutation(27), (3, 3, 3)), nn.Conv2d(3, 2, 2, rng=rng), nn.Flatten(),
+                        nn.Linear(8, 3, rng=rng))
+    path = tmp_path / "p.onnx"
+    refcert.export_onnx(net, path, input_shape=(1, 5, 5, 2))
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    assert ops[0] == "Transpose" and "Gather" in ops
+    x = rng.uniform(0, 1, (4, 5, 5, 2)).astype(np.float32)
+    session = _session(onnx.load(str(path)))
+    ours = net(x).numpy()
+    assert np.abs(session.run(None, {session.get_inputs()[0].name: x})[0] - ours).max() <= 1e-5
+    loaded = refcert.load_onnx(path)
+    assert loaded.input_shape == (5, 5, 2) and [layer.op for layer in loaded.layers].count("permute") == 2
+    assert np.abs(loaded(x).numpy() - ours).max() <= 1e-5
+    nodes = [helper.make_node("Gather", ["x", "i"], ["y"], axis=1, name="g")]
+    bad = tmp_path / "g.onnx"
+    bad.write_bytes(_model(nodes, [1, 3], [1, 2], {"i": np.array([0, 2], dtype=np.int64)}).SerializeToString())
+    with pytest.raises(OnnxImportError, match="'g' \\(Gather\\).*permute all n features"):
+        refcert.load_onnx(bad)
+
+
+@pytest.mark.parametrize("index, shape, message", [([0, 0, 1], (3,), "permutation"), ([0, 1, 2], (2, 2), "shape"),
+                                                   ([[0, 1]], (2,), "1-D integer"), ([0.0, 1.0], (2,), "1-D integer")])
+def test_permute_refuses_what_is_not_a_rearrangement(index, shape, message):
+    with pytest.raises(ValueError, match=message):
+        nn.Permute(index, shape)

@@ -136,20 +136,19 @@ def _check_numbers(args):
 def _layout(net, shape):
     """None, or flat indices ``idx``: the net's flat input k is element idx[k] of a flat input of ``shape``.
 
-    Only an ONNX network changes the layout: it takes its file's input shape (``onnx_input_shape``),
-    rearranged as ``refcert.io.onnx.to_refcert_input`` says; (C, H, W) images go to an NHWC file as
-    (H, W, C), other inputs of the file's size are read in C order.  A permutation moves an L∞ ball
-    and the [0, 1] box onto the same sets, so verdicts are unchanged."""
+    Only an ONNX network changes the layout: it takes its file's input shape (``onnx_input_shape``);
+    (C, H, W) images go to an NHWC file as (H, W, C), other inputs of the file's size are read in C
+    order.  A permutation moves an L∞ ball and the [0, 1] box onto the same sets, so verdicts are
+    unchanged."""
     if getattr(net, "onnx_input_shape", None) is None:
         return None
-    from refcert.io.onnx import to_refcert_input
     shape, file = tuple(shape), tuple(net.onnx_input_shape[1:])
     index = np.arange(int(np.prod(shape))).reshape((1,) + shape)
     if index.size != int(np.prod(file)):
         raise ValueError(f"inputs of shape {shape} do not fit the network's input {file} (its ONNX file)")
     if len(shape) == 3 and shape != file and (shape[1], shape[2], shape[0]) == file:
         index = index.transpose(0, 2, 3, 1)
-    idx = to_refcert_input(net, index.reshape((1,) + file)).reshape(-1)
+    idx = index.reshape(-1)
     same = tuple(net.input_shape) == shape and np.array_equal(idx, np.arange(idx.size))
     return None if same else idx
 

@@ -13,7 +13,7 @@ from typing import Callable
 from refcert import autodiff as ad
 
 #: the layer vocabulary every table must cover
-OPS = ("linear", "conv2d", "normalize", "flatten", "avg_pool2d", "max_pool2d",
+OPS = ("linear", "conv2d", "normalize", "flatten", "permute", "avg_pool2d", "max_pool2d",
        "relu", "sigmoid", "tanh", "add")
 
 

@@ -6,7 +6,7 @@ the input, replacing x_k by its relation to x_{k−1} at each step, then concret
 
 - ``AffineStep``  x_k = A x_{k−1} + b exactly: lam ↦ Aᵀlam (the vector-Jacobian product of the layer:
   ``lam @ W`` for linear, ``conv_transpose2d`` for conv2d, ÷ std for normalize, a reshape for
-  flatten, the transposed pooling for avg_pool2d), c ↦ c + lam·b.
+  flatten, the inverse permutation for permute, the transposed pooling for avg_pool2d), c ↦ c + lam·b.
 - ``RelaxStep``   a_l·x + b_l ≤ x_k ≤ a_u·x + b_u per neuron (ReLU, sigmoid, tanh): where lam ≥ 0 the
   lower line is used, where lam < 0 the upper line (lam·x_k ≥ lam·(line) in both cases).
 - ``MaxPoolStep`` the same with lines that pick one input of each window (or a constant).
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from refcert import autodiff as ad
 from refcert import backends, fp
 from refcert.autodiff import Tensor
+from refcert.domains import point
 
 #: rows × (largest layer size) × batch elements per chunk of lam (2^24 float64 = 128 MiB)
 CHUNK_ELEMENTS = 2 ** 24
@@ -125,6 +126,9 @@ def _through_affine(lam: Tensor, step: AffineStep):
         return scaled, -_feature_sum(scaled * ad.reshape(p["mean"], shape=shape))
     if step.op == "flatten":
         return ad.reshape(lam, shape=(batch, rows) + tuple(step.in_shape)), None
+    if step.op == "permute":  # y_j = x_index[j]: the coefficient of x_i is lam_inverse[i]
+        return point.permute(lam, index=ad.inverse_index(p["index"]), shape=step.in_shape,
+                             feature_ndim=len(p["shape"])), None
     if step.op == "avg_pool2d":  # transpose of a depthwise mean: conv_transpose2d with a k×k kernel of 1/k²
         k = p["kernel_size"]
         xp = backends.current().xp

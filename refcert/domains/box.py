@@ -146,6 +146,11 @@ def flatten(x: Box) -> Box:
     return Box(point.flatten(x.lower), point.flatten(x.upper))
 
 
+def permute(x: Box, *, index, shape) -> Box:
+    """A rearrangement of the features moves no value: exact."""
+    return Box(point.permute(x.lower, index=index, shape=shape), point.permute(x.upper, index=index, shape=shape))
+
+
 def avg_pool2d(x: Box, *, kernel_size: int, stride: int, padding: int = 0) -> Box:
     """Averaging has non-negative weights, so it is monotone: apply it to each bound (proofs/box.md);
     rounding: ∓ fp.radius(avg(M)), n = k² + 1."""
@@ -184,7 +189,7 @@ def add(a: Box, b: Box, *, origin=None) -> Box:
 
 
 TRANSFORMERS = {
-    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten,
+    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten, "permute": permute,
     "avg_pool2d": avg_pool2d, "max_pool2d": max_pool2d,
     "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "add": add,
 }

@@ -174,8 +174,8 @@ def maxpool_lines(l: Tensor, u: Tensor, kernel_size: int, stride: int, padding: 
 
 # --- transformers ---------------------------------------------------------------------------------
 def _box_exact(steps: tuple) -> bool:
-    """The layer's input is still exactly a box: only diagonal or reshaping affine steps so far."""
-    return all(isinstance(s, AffineStep) and s.op in ("normalize", "flatten") for s in steps)
+    """The layer's input is still exactly a box: only diagonal, reshaping or permuting affine steps so far."""
+    return all(isinstance(s, AffineStep) and s.op in ("normalize", "flatten", "permute") for s in steps)
 
 
 def _push(x: DeepPoly, step, image: box.Box, *, backsubstitute: bool) -> DeepPoly:
@@ -288,6 +288,12 @@ def flatten(x: DeepPoly) -> DeepPoly:
     return _push(x, AffineStep("flatten", {}, tuple(x.lower.shape[1:])), box.flatten(_box(x)), backsubstitute=False)
 
 
+def permute(x: DeepPoly, *, index, shape) -> DeepPoly:
+    """A rearrangement of the features: exact; back-substitution applies the inverse permutation."""
+    step = AffineStep("permute", {"index": index, "shape": tuple(shape)}, tuple(x.lower.shape[1:]))
+    return _push(x, step, box.permute(_box(x), index=index, shape=shape), backsubstitute=False)
+
+
 def _relaxed(x: DeepPoly, step: RelaxStep) -> RelaxStep:
     """The step with its slack: substituting lam through the lines costs γ·|lam|((2|a_u| + |a_l|) M) in the
     coefficients and γ·|lam|(2|b_u| + |b_l|) in the constant (proofs/floating_point.md §5)."""
@@ -347,7 +353,7 @@ def add(a: DeepPoly, b: DeepPoly, *, origin: DeepPoly) -> DeepPoly:
 
 
 TRANSFORMERS = {
-    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten,
+    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten, "permute": permute,
     "avg_pool2d": avg_pool2d, "max_pool2d": max_pool2d,
     "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "add": add,
 }

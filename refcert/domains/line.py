@@ -59,7 +59,7 @@ def _abs_linear(op: str, r: Tensor, q: dict) -> Tensor:
         return point.conv2d(r, weight=ad.abs(q["weight"]), bias=None, stride=q["stride"], padding=q["padding"])
     if op == "normalize":
         return point.scale_by_std(r, std=ad.abs(q["std"]), feature_ndim=r.ndim - 1)
-    return point.TRANSFORMERS[op](r, **q)  # flatten, avg_pool2d: linear with non-negative weights
+    return point.TRANSFORMERS[op](r, **q)  # flatten, permute, avg_pool2d: linear with non-negative weights
 
 
 def linear(x, *, weight, bias):
@@ -76,6 +76,10 @@ def normalize(x, *, mean, std):
 
 def flatten(x):
     return _affine(x, "flatten", {})
+
+
+def permute(x, *, index, shape):
+    return _affine(x, "permute", {"index": index, "shape": shape})
 
 
 def avg_pool2d(x, *, kernel_size, stride, padding=0):
@@ -158,7 +162,7 @@ def from_bounds_exact(lower, upper) -> LineElement:
 
 
 EXACTLINE = {
-    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten,
+    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten, "permute": permute,
     "avg_pool2d": avg_pool2d, "max_pool2d": max_pool2d, "relu": relu,
     "sigmoid": _not_piecewise_linear("sigmoid"), "tanh": _not_piecewise_linear("tanh"), "add": add,
 }

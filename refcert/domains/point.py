@@ -64,6 +64,14 @@ def flatten(x: Tensor, *, feature_ndim: int | None = None) -> Tensor:
     return ad.reshape(x, shape=lead + (-1,))
 
 
+def permute(x: Tensor, *, index, shape, feature_ndim: int | None = None) -> Tensor:
+    """Rearrange the features: flat feature j of the output is flat feature ``index[j]`` of the input
+    (``index`` a permutation), then shape them as ``shape``; the leading axes stay."""
+    feature_ndim = x.ndim - 1 if feature_ndim is None else feature_ndim
+    lead = x.shape[:x.ndim - feature_ndim]
+    return ad.reshape(ad.take_last(ad.reshape(x, shape=lead + (-1,)), index=index), shape=lead + tuple(shape))
+
+
 def _fold(fn, x: Tensor, **params) -> Tensor:
     lead = x.shape[:-3]
     y = fn(ad.reshape(x, shape=(-1,) + x.shape[-3:]), **params)
@@ -93,7 +101,7 @@ def from_bounds(lower, upper) -> Tensor:
 
 
 TRANSFORMERS = {
-    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten,
+    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten, "permute": permute,
     "avg_pool2d": avg_pool2d, "max_pool2d": max_pool2d,
     "relu": lambda x: ad.relu(x), "sigmoid": lambda x: ad.sigmoid(x), "tanh": lambda x: ad.tanh(x),
     "add": add,

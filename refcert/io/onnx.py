@@ -4,7 +4,8 @@
 per node.  Every data tensor is a ``_Value`` (``onnx_graph``, the layer both build on): a chain of
 refcert layers back to the input, its shape in refcert's layout (``shape``) and in the ONNX graph
 (``logical``; both without the batch axis, same C-order data), plus two *pending* changes not yet
-turned into layers: a feature permutation (from Transpose) and a zero padding (from Pad).
+turned into layers: a feature permutation (from Transpose, or a Gather that permutes flat features) and
+a zero padding (from Pad).
 Constant tensors are plain NumPy arrays and are folded.  How the quirks of real files are handled:
 
 * Gemm / MatMul (weight on either side, e.g. ``W @ x`` on a [1,784,1] input) become one Linear on the
@@ -13,12 +14,12 @@ Constant tensors are plain NumPy arrays and are folded.  How the quirks of real 
 * Add/Sub/Mul/Div by constants and BatchNormalization are elementwise affine maps ``a*x + b``: folded
   into the preceding Linear/Conv when possible, else a Normalize (per channel, a > 0) or a diagonal
   1x1 Conv / Linear.  Division by a data tensor is refused.
-* A Transpose of the *input* that must be materialised (e.g. NHWC input, then Transpose, then Conv)
-  reorders the input instead: the network then expects the transposed layout and records it in
-  ``net.input_permutation`` (use ``to_refcert_input``).
+* A pending permutation that must be materialised (e.g. NHWC input, then Transpose, then Conv) becomes
+  an ``nn.Permute`` layer, and so does a Reshape to more than one axis; so the network takes inputs in
+  the file's own layout.
 * Add of two data tensors becomes ``nn.Residual`` (branches from their last common tensor).
 The returned ``nn.Sequential`` records ``onnx_input_shape`` (as in the file), ``input_shape`` (what
-``net`` takes, without batch), ``onnx_output_shape`` and ``input_permutation`` (None or a flat index).
+``net`` takes, without batch: the file's), ``onnx_output_shape`` and ``onnx_dtype``.
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def load_onnx(path, dtype: str = "float32") -> nn.Sequential:
     while root.prev is not None:
         root = root.prev
     net.onnx_input_shape, net.input_shape = tuple(dims), root.shape
-    net.onnx_output_shape, net.input_permutation = (1,) + out.logical, importer.input_permutation
+    net.onnx_output_shape = (1,) + out.logical
     try:  # the precision the file is executed in (onnxruntime): what verify's guarantee covers by default
         net.onnx_dtype = str(onnx.helper.tensor_dtype_to_np_dtype(inputs[0].type.tensor_type.elem_type))
     except Exception:  # an undeclared element type
@@ -93,12 +94,10 @@ def _attribute(onnx, numpy_helper, attribute):
 
 
 def to_refcert_input(net, x):
-    """An input batch laid out as the ONNX file expects, rearranged for ``net`` (undoes input Transposes)."""
+    """An input batch laid out as the ONNX file expects, reshaped to ``net.input_shape`` (the same C-order
+    data: a transposed input is a ``Permute`` layer inside the network)."""
     x = np.asarray(x)
-    flat = x.reshape(x.shape[0], -1)
-    if getattr(net, "input_permutation", None) is not None:
-        flat = flat[:, net.input_permutation]
-    return flat.reshape((x.shape[0],) + tuple(net.input_shape))
+    return x.reshape((x.shape[0],) + tuple(net.input_shape))
 
 
 def export_onnx(net: nn.Module, path, input_shape, dtype: str = "float32") -> None:

@@ -1,9 +1,13 @@
 """Build an ONNX model (opset 13, dynamic batch) from a refcert network; used by ``export_onnx``.
 
 One ONNX node (or two, for Normalize: Sub then Div) per refcert layer; a Residual runs both branches
-from the same tensor and joins them with Add.  Shapes are tracked by running each layer on zeros.
+from the same tensor and joins them with Add.  A Permute is a Transpose when it moves whole axes (then a
+Reshape if its shape differs), else Flatten, Gather of the features and Reshape.  Shapes are tracked by
+running each layer on zeros.
 """
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
@@ -30,6 +34,22 @@ class _Builder:
         out = self.name(op.lower())
         self.nodes.append(self.onnx.helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
+
+    def permute(self, x, shape, index, out_shape):
+        """Nodes for nn.Permute: a Transpose of the feature axes when ``index`` is one, else a Gather."""
+        grid = np.arange(index.size).reshape(shape)
+        axes = next((a for a in itertools.permutations(range(len(shape)))
+                     if np.array_equal(np.transpose(grid, a).reshape(-1), index)), None)
+        if axes is not None:
+            x = self.node("Transpose", [x], perm=[0] + [a + 1 for a in axes])
+            moved = tuple(shape[a] for a in axes)
+        else:
+            indices = self.const(index.astype(np.int64), "index")
+            x = self.node("Gather", [self.node("Flatten", [x], axis=1), indices], axis=1)
+            moved = (index.size,)
+        if moved == tuple(out_shape):
+            return x
+        return self.node("Reshape", [x, self.const(np.array((-1,) + tuple(out_shape), dtype=np.int64), "shape")])
 
     def emit(self, module, x, shape):
         """Nodes computing ``module`` on tensor ``x`` of shape ``shape`` (without batch); (name, shape)."""
@@ -66,6 +86,8 @@ class _Builder:
             return self.node({"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[op], [x]), out_shape
         if op == "flatten":
             return self.node("Flatten", [x], axis=1), out_shape
+        if op == "permute":
+            return self.permute(x, shape, p["index"], out_shape), out_shape
         if op in ("avg_pool2d", "max_pool2d"):
             k, s, pad = p["kernel_size"], p["stride"], p["padding"]
             extra = {"count_include_pad": 1} if op == "avg_pool2d" else {}

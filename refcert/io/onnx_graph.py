@@ -41,30 +41,24 @@ def _tensor(array, dtype) -> Tensor:
 class _Importer:
     def __init__(self, path, dtype):
         self.path, self.dtype = path, dtype
-        self.input_permutation = None
 
     def fail(self, node, message):
         raise OnnxImportError(f"{self.path}: node {node.name or '(unnamed)'!r} ({node.op_type}): {message}")
 
     # -- layout -------------------------------------------------------------------------------
     def materialize(self, v: _Value, node) -> _Value:
-        """A value whose refcert layout is its ONNX layout (perm and pad applied)."""
+        """A value whose refcert layout is its ONNX layout: a pending permutation (or a reshape to more
+        than one axis) becomes an ``nn.Permute`` layer, a reshape to one axis an ``nn.Flatten``."""
         if v.pad:
             self.fail(node, "a Pad is only supported directly before a Conv")
-        if v.perm is not None:
-            if v.prev is None and v.layer is None:      # the input itself: reorder it instead
-                self.input_permutation = v.perm
-                return _Value(None, None, v.logical, v.logical)
-            if len(v.logical) == 1:                      # flat: a permutation matrix
-                P = np.zeros((v.perm.size, v.perm.size))
-                P[np.arange(v.perm.size), v.perm] = 1.0
-                return self.linear(replace(v, perm=None), P, np.zeros(v.perm.size), v.logical)
-            self.fail(node, f"cannot materialise a transposed tensor of shape {v.logical} here")
-        if v.shape == v.logical:
+        if v.perm is not None and np.array_equal(v.perm, np.arange(v.perm.size)):  # e.g. Transpose(0, 1)
+            v = replace(v, perm=None)
+        if v.perm is None and v.shape == v.logical:
             return v
-        if len(v.logical) == 1:
+        if v.perm is None and len(v.logical) == 1:
             return _then(v, nn.Flatten(), v.logical)
-        self.fail(node, f"cannot reshape features {v.shape} to {v.logical} (refcert has no reshape layer)")
+        index = np.arange(int(np.prod(v.logical))) if v.perm is None else v.perm
+        return _then(replace(v, perm=None), nn.Permute(index, v.logical), v.logical)
 
     def linear(self, v: _Value, M, b, logical_out) -> _Value:
         """Linear layer M (out, n) on the logical flat features; folds a pending permutation."""

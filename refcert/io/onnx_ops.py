@@ -160,6 +160,21 @@ def _transpose(imp, node, args, attrs):
     return [replace(x, logical=moved.shape, perm=moved.reshape(-1))]
 
 
+def _gather(imp, node, args, attrs):
+    """Constants: numpy.take.  Data: a permutation of flat features (axis 1 of a [batch, n] tensor,
+    constant indices), which becomes a pending permutation like Transpose's."""
+    x, indices, axis = args[0], args[1], attrs.get("axis", 0)
+    if not _is_data(x):
+        return [np.take(x, indices, axis=axis)]
+    index = None if _is_data(indices) else np.asarray(indices).reshape(-1) % max(1, int(np.prod(x.logical)))
+    if (axis % (len(x.logical) + 1) != 1 or len(x.logical) != 1 or x.pad or index is None
+            or np.asarray(indices).ndim != 1 or not np.array_equal(np.sort(index), np.arange(x.logical[0]))):
+        imp.fail(node, "only a Gather of a [batch, n] tensor along axis 1 with constant indices that permute "
+                       "all n features is supported")
+    perm = index if x.perm is None else x.perm[index]
+    return [replace(x, perm=perm)]
+
+
 def _reshape_like(imp, node, args, attrs):
     x, op = args[0], node.op_type
     if op == "Reshape":
@@ -233,12 +248,12 @@ OPS = {
     "Pad": _pad, "Constant": _constant, "Shape": _shape,
     "Identity": lambda imp, node, args, attrs: [args[0]],
     "Relu": _activation, "Sigmoid": _activation, "Tanh": _activation,
-    "Gather": lambda imp, node, args, attrs: [np.take(args[0], args[1], axis=attrs.get("axis", 0))],
+    "Gather": _gather,
     "Concat": lambda imp, node, args, attrs: [np.concatenate([np.atleast_1d(a) for a in args], axis=attrs["axis"])],
     "Cast": lambda imp, node, args, attrs: [np.asarray(args[0], dtype=_CAST.get(attrs.get("to"), np.float64))],
 }
 _CAST = {1: np.float32, 6: np.int32, 7: np.int64, 9: np.bool_, 11: np.float64}
-_CONSTANT_ONLY = ("Gather", "Concat", "Cast")
+_CONSTANT_ONLY = ("Concat", "Cast")
 
 
 def apply(imp, node, args, attrs):
