@@ -288,10 +288,11 @@ def check_range(net, execution) -> None:
         a = np.abs(array.astype(np.float64))
         if np.any(a > info.max):
             raise ValueError(f"parameter {name} has values up to {a.max():.3g}, beyond {execution}'s range: "
-                             f"choose execution='float64'")
+                             f"choose execution='float64' (on the command line: --execution float64)")
         if np.any((a > 0) & (a < info.tiny)):
             raise ValueError(f"parameter {name} has non-zero values below {execution}'s smallest normal "
-                             f"number ({info.tiny:.3g}): choose execution='float64'")
+                             f"number ({info.tiny:.3g}): choose execution='float64' "
+                             f"(on the command line: --execution float64)")
 
 
 def parameter_dtype(net) -> str | None:

@@ -259,3 +259,18 @@ def test_nhwc_file_net_takes_the_files_layout(tmp_path):
     assert net.input_shape == (6, 6, 2) and net.layers[0].op == "permute"
     refcert.save(net, tmp_path / "nhwc.npz")
     np.testing.assert_array_equal(refcert.load(tmp_path / "nhwc.npz")(x).numpy(), net(x).numpy())
+
+
+def test_a_net_outside_float32s_normal_range_names_the_cli_option(files, tmp_path, capsys):
+    """Weights below float32's smallest normal number (ERAN's convSmall has some): the error tells a CLI
+    user the option to use, and the option works."""
+    net = refcert.load(files / "net.npz")
+    weight = net.layers[1].params["weight"]  # the Conv2d's
+    weight.value = weight.value.copy()
+    weight.value[0, 0, 0, 0] = np.float32(1e-40)
+    refcert.save(net, tmp_path / "tiny.npz")
+    args = ["certify", "--net", str(tmp_path / "tiny.npz"), "--inputs", str(files / "in.npz"), "--eps", "0.01",
+            "--domain", "box", "--no-attack"]
+    code, err = _error(args, capsys)
+    assert code == 1 and len(err) == 1 and "smallest normal" in err[0] and "--execution float64" in err[0]
+    assert cli.main(args + ["--execution", "float64"]) == 0
