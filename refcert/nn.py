@@ -150,35 +150,39 @@ class Flatten(_Parameterless):
 
 class Permute(Module):
     """Rearrange the features: flat feature j of the output is flat feature ``index[j]`` of the input
-    (after the batch axis, C order), shaped as ``shape``.  ``index`` must be a permutation, so the layer
-    is exact in every domain.  ``Permute.transpose(in_shape, axes)`` builds the one that moves the feature
-    axes like ``numpy.transpose`` (e.g. NHWC input to NCHW: ``Permute.transpose((H, W, C), (2, 0, 1))``),
-    and an ONNX model whose input is transposed before its first convolution starts with one."""
+    (after the batch axis, C order), shaped as ``shape``.  The input must have features of shape
+    ``in_shape`` exactly (anything else is refused, so an NHWC net never silently takes NCHW images).
+    ``index`` must be a permutation, so the layer is exact in every domain.
+    ``Permute.transpose(in_shape, axes)`` moves the feature axes like ``numpy.transpose`` (NHWC input to
+    NCHW: ``Permute.transpose((H, W, C), (2, 0, 1))``); an ONNX model whose input is transposed before its
+    first convolution starts with one."""
     op = "permute"
 
-    def __init__(self, index, shape):
+    def __init__(self, index, shape, in_shape):
         super().__init__()
         index = np.asarray(index)
-        shape = tuple(int(s) for s in np.atleast_1d(shape))
+        shape, in_shape = (tuple(int(s) for s in np.atleast_1d(s)) for s in (shape, in_shape))
         if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer) and index.size:
             raise ValueError(f"Permute needs a 1-D integer index, got shape {index.shape} dtype {index.dtype}")
         index = index.astype(np.int64)
         if not np.array_equal(np.sort(index), np.arange(index.size)):
             raise ValueError(f"Permute's index must be a permutation of 0..{index.size - 1}")
-        if int(np.prod(shape)) != index.size or any(s < 1 for s in shape):
-            raise ValueError(f"Permute's shape {shape} does not hold its {index.size} features")
-        self.params = {"index": index, "shape": shape}
+        for name, value in (("shape", shape), ("in_shape", in_shape)):
+            if int(np.prod(value)) != index.size or any(s < 1 for s in value):
+                raise ValueError(f"Permute's {name} {value} does not hold its {index.size} features")
+        self.params = {"index": index, "shape": shape, "in_shape": in_shape}
 
     @classmethod
     def transpose(cls, in_shape, axes) -> "Permute":
         moved = np.transpose(np.arange(int(np.prod(in_shape))).reshape(tuple(in_shape)), tuple(axes))
-        return cls(moved.reshape(-1), moved.shape)
+        return cls(moved.reshape(-1), moved.shape, in_shape)
 
     def config(self):
-        return {"index": self.params["index"].tolist(), "shape": list(self.params["shape"])}
+        return {"index": self.params["index"].tolist(), "shape": list(self.params["shape"]),
+                "in_shape": list(self.params["in_shape"])}
 
     def __repr__(self):
-        return f"Permute({self.params['index'].size} features to shape {self.params['shape']})"
+        return f"Permute(features {self.params['in_shape']} to {self.params['shape']})"
 
 
 class _Pool(Module):

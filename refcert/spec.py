@@ -63,16 +63,18 @@ def _layers(net) -> list:
 def output_size(net) -> int:
     """Number of outputs of ``net``, read from its last layer that fixes the width.
 
-    Walks back over elementwise layers to the last ``linear`` layer; raises for nets that end otherwise
-    (use ``n_classes=`` then).
+    Walks back over elementwise layers and flattens to the last ``linear`` (or ``permute``) layer;
+    raises for nets that end otherwise (use ``n_classes=`` then).
     """
     for layer in reversed(_layers(net)):
         if isinstance(layer, nn.Sequential):
             return output_size(layer)
-        if layer.op in ("relu", "sigmoid", "tanh"):
+        if layer.op in ("relu", "sigmoid", "tanh", "flatten"):
             continue
         if layer.op == "linear":
             return int(layer.params["weight"].shape[-2])
+        if layer.op == "permute":
+            return int(layer.params["index"].size)
         break
     raise ValueError("cannot read the number of classes from the net's last layer; pass n_classes=")
 

@@ -49,7 +49,7 @@ def networks(draw, image=None, max_depth=4, activations=ACTIVATIONS, residual=Tr
             elif kind == "act":
                 layers.append(_activation(draw(st.sampled_from(activations))))
             elif kind == "permute":  # a random rearrangement of the features, same shape
-                layers.append(nn.Permute(rng.permutation(int(np.prod(shape))), shape))
+                layers.append(nn.Permute(rng.permutation(int(np.prod(shape))), shape, shape))
             elif kind == "pool" and h >= 2:
                 k, s = 2, draw(st.integers(1, 2))
                 layers.append(draw(st.sampled_from([nn.AvgPool2d, nn.MaxPool2d]))(k, s))
@@ -67,7 +67,7 @@ def networks(draw, image=None, max_depth=4, activations=ACTIVATIONS, residual=Tr
     for _ in range(draw(st.integers(0 if image else 1, max_depth))):
         kind = draw(st.sampled_from(["linear", "act", "permute"] + (["residual"] if residual else [])))
         if kind == "permute":
-            layers.append(nn.Permute(rng.permutation(width), (width,)))
+            layers.append(nn.Permute(rng.permutation(width), (width,), (width,)))
         elif kind == "linear":
             out = draw(st.integers(1, 6))
             layers.append(nn.Linear(width, out, **kw))

@@ -235,10 +235,12 @@ def test_certify_reads_nchw_images_into_an_nhwc_file(tmp_path, capsys):
     y = refcert.load_onnx(nchw)(x).numpy().argmax(-1)
     y[:2] = (y[:2] + 1) % 4
     np.savez(tmp_path / "in.npz", x=x, y=y)
-    for net in (nchw, nhwc):
+    refcert.save(refcert.load_onnx(nhwc), tmp_path / "nhwc_saved.npz")  # the .npz keeps the NHWC Permute
+    for net in (nchw, nhwc, tmp_path / "nhwc_saved.npz"):
         assert cli.main(["certify", "--net", str(net), "--inputs", str(tmp_path / "in.npz"), "--eps", "0.05",
                          "--domain", "box", "--pgd-steps", "5", "--json", str(tmp_path / f"{net.stem}.json")]) == 0
-    assert _verdicts(tmp_path / "nchw.json") == _verdicts(tmp_path / "nhwc.json")
+    assert _verdicts(tmp_path / "nchw.json") == _verdicts(tmp_path / "nhwc.json") == \
+        _verdicts(tmp_path / "nhwc_saved.json")
     entries = json.loads((tmp_path / "nhwc.json").read_text())["domains"]["box"]["inputs"]
     found = [(e["index"], np.array(e["counterexample"])) for e in entries if e["counterexample"] is not None]
     assert found

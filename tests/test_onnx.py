@@ -143,7 +143,7 @@ def test_permute_layers_export_and_import_exactly(tmp_path):
     load_onnx reads both back; a Gather that is not a permutation of the features is refused by name."""
     rng = np.random.default_rng(7)
     net = nn.Sequential(nn.Permute.transpose((5, 5, 2), (2, 0, 1)), nn.Conv2d(2, 3, 3, rng=rng), nn.ReLU(),
-                        nn.Permute(rng.permutation(27), (3, 3, 3)), nn.Conv2d(3, 2, 2, rng=rng), nn.Flatten(),
+                        nn.Permute(rng.permutation(27), (3, 3, 3), (3, 3, 3)), nn.Conv2d(3, 2, 2, rng=rng), nn.Flatten(),
                         nn.Linear(8, 3, rng=rng))
     path = tmp_path / "p.onnx"
     refcert.export_onnx(net, path, input_shape=(1, 5, 5, 2))
@@ -163,8 +163,29 @@ def test_permute_layers_export_and_import_exactly(tmp_path):
         refcert.load_onnx(bad)
 
 
-@pytest.mark.parametrize("index, shape, message", [([0, 0, 1], (3,), "permutation"), ([0, 1, 2], (2, 2), "shape"),
-                                                   ([[0, 1]], (2,), "1-D integer"), ([0.0, 1.0], (2,), "1-D integer")])
-def test_permute_refuses_what_is_not_a_rearrangement(index, shape, message):
+@pytest.mark.parametrize("index, shape, in_shape, message", [
+    ([0, 0, 1], (3,), (3,), "permutation"), ([0, 1, 2], (2, 2), (3,), "shape"), ([0, 1, 2], (3,), (4,), "in_shape"),
+    ([[0, 1]], (2,), (2,), "1-D integer"), ([0.0, 1.0], (2,), (2,), "1-D integer")])
+def test_permute_refuses_what_is_not_a_rearrangement(index, shape, in_shape, message):
     with pytest.raises(ValueError, match=message):
-        nn.Permute(index, shape)
+        nn.Permute(index, shape, in_shape)
+
+
+@pytest.mark.parametrize("domain", [None, "box", "deepzono", "deeppoly", "approxline"])
+def test_permute_refuses_features_of_another_shape(domain):
+    """An NHWC net (Permute from (H, W, C)) given NCHW images of the same size says so instead of
+    rearranging the wrong features; as does an input of another size."""
+    from refcert import domains
+    net = nn.Sequential(nn.Permute.transpose((3, 3, 2), (2, 0, 1)), nn.Flatten(), nn.Linear(18, 2))
+    for x in (np.zeros((1, 2, 3, 3)), np.zeros((1, 3, 3, 1))):
+        element = x if domain is None else domains.get(domain).linf_ball(x, 0.1)
+        with pytest.raises(ValueError, match=r"Permute takes features of shape \(3, 3, 2\)"):
+            net(element)
+
+
+def test_a_net_ending_in_a_permutation_has_a_class_count():
+    """An ONNX file whose logits are reordered by a Gather loads as [..., Linear, Permute]; training and
+    segment certification read the number of classes through the Permute (and a Flatten)."""
+    from refcert import spec
+    net = nn.Sequential(nn.Linear(4, 3), nn.Permute([2, 0, 1], (3,), (3,)), nn.Flatten())
+    assert spec.output_size(net) == 3

@@ -97,7 +97,7 @@ def single_layers(draw):
             layer = pool(kernel, draw(st.integers(1, 2)), draw(st.integers(0, kernel // 2)))
         elif op == "permute":  # any rearrangement, into the same, a transposed or a flat shape
             n = channels * size * size
-            layer = nn.Permute(rng.permutation(n), draw(st.sampled_from([shape, (size, size, channels), (n,)])))
+            layer = nn.Permute(rng.permutation(n), draw(st.sampled_from([shape, (size, size, channels), (n,)])), shape)
         elif op == "add":
             layer = nn.Residual(nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1, **kw), nn.ReLU()),
                                 nn.Conv2d(channels, channels, 1, **kw) if draw(st.booleans()) else None)

@@ -41,7 +41,7 @@ def test_violated_property_is_never_unsat(drawn, data, rows, permuted):
     lower, upper = (a[0].reshape(-1) for a in data.draw(input_boxes(shape, max_batch=1)))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
     if permuted:  # the file's input order differs from the layers' (as after an NHWC ONNX input)
-        net = nn.Sequential(nn.Permute(rng.permutation(lower.size), shape), *net.layers)
+        net = nn.Sequential(nn.Permute(rng.permutation(lower.size), shape, shape), *net.layers)
     x0 = lower + (upper - lower) * rng.uniform(size=lower.shape)
     y0 = _outputs(net, x0.reshape((1,) + shape))[0]
     C = rng.normal(size=(rows, y0.size))

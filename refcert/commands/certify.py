@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from refcert import datasets
+from refcert import datasets, nn
 from refcert.certify import CONCRETE_BATCH, certify, check_domains
 from refcert.io.npz import atomic_write
 from refcert.weights import load_network
@@ -133,24 +133,38 @@ def _check_numbers(args):
             raise ValueError(f"{option} must be >= 1, got {value}")
 
 
-def _layout(net, shape):
-    """None, or flat indices ``idx``: the net's flat input k is element idx[k] of a flat input of ``shape``.
+def _declared_input(net):
+    """The input shape the network declares, without batch: an ONNX file's, or the ``in_shape`` of a
+    first ``Permute`` layer (an NHWC net saved as .npz); None when its layers do not fix one."""
+    if getattr(net, "onnx_input_shape", None) is not None:
+        return tuple(net.onnx_input_shape[1:]), "its ONNX file"
+    first = net
+    while isinstance(first, nn.Sequential) and first.layers:
+        first = first.layers[0]
+    if getattr(first, "op", None) == "permute":
+        return tuple(first.params["in_shape"]), "its first Permute layer"
+    return None, None
 
-    Only an ONNX network changes the layout: it takes its file's input shape (``onnx_input_shape``);
-    (C, H, W) images go to an NHWC file as (H, W, C), other inputs of the file's size are read in C
-    order.  A permutation moves an L∞ ball and the [0, 1] box onto the same sets, so verdicts are
-    unchanged."""
-    if getattr(net, "onnx_input_shape", None) is None:
+
+def _layout(net, shape):
+    """None, or (flat indices ``idx``, the net's input shape): the net's flat input k is element idx[k]
+    of a flat input of ``shape``.
+
+    Only a network that declares its input shape (``_declared_input``) changes the layout: (C, H, W)
+    images go to an NHWC net as (H, W, C), other inputs of its size are read in C order.  A permutation
+    moves an L∞ ball and the [0, 1] box onto the same sets, so verdicts are unchanged."""
+    declared, source = _declared_input(net)
+    if declared is None:
         return None
-    shape, file = tuple(shape), tuple(net.onnx_input_shape[1:])
+    shape = tuple(shape)
     index = np.arange(int(np.prod(shape))).reshape((1,) + shape)
-    if index.size != int(np.prod(file)):
-        raise ValueError(f"inputs of shape {shape} do not fit the network's input {file} (its ONNX file)")
-    if len(shape) == 3 and shape != file and (shape[1], shape[2], shape[0]) == file:
+    if index.size != int(np.prod(declared)):
+        raise ValueError(f"inputs of shape {shape} do not fit the network's input {declared} ({source})")
+    if len(shape) == 3 and shape != declared and (shape[1], shape[2], shape[0]) == declared:
         index = index.transpose(0, 2, 3, 1)
     idx = index.reshape(-1)
-    same = tuple(net.input_shape) == shape and np.array_equal(idx, np.arange(idx.size))
-    return None if same else idx
+    same = declared == shape and np.array_equal(idx, np.arange(idx.size))
+    return None if same else (idx, declared)
 
 
 def run(args):
@@ -163,7 +177,7 @@ def run(args):
     if len(x) == 0:
         raise ValueError(f"{args.inputs}: no inputs to certify")
     layout = _layout(net, x.shape[1:])
-    x_net = x if layout is None else x.reshape(len(x), -1)[:, layout].reshape((len(x),) + tuple(net.input_shape))
+    x_net = x if layout is None else x.reshape(len(x), -1)[:, layout[0]].reshape((len(x),) + layout[1])
     results = {name: [] for name in names}
     progress = _Progress(len(x) * len(names), "certify")
     began = time.perf_counter()
@@ -180,7 +194,7 @@ def run(args):
     merged = {name: _merge(parts) for name, parts in results.items()}
     if layout is not None:  # counterexamples back in the inputs' layout
         for res in merged.values():
-            res.counterexamples = [None if p is None else _undo(layout, p, x.shape[1:]) for p in res.counterexamples]
+            res.counterexamples = [None if p is None else _undo(layout[0], p, x.shape[1:]) for p in res.counterexamples]
     elapsed = time.perf_counter() - began
     print(f"eps={args.eps}  net={args.net}  inputs={args.inputs} ({len(x)})  {elapsed:.1f} s")
     print(_table(merged))

@@ -127,8 +127,7 @@ def _through_affine(lam: Tensor, step: AffineStep):
     if step.op == "flatten":
         return ad.reshape(lam, shape=(batch, rows) + tuple(step.in_shape)), None
     if step.op == "permute":  # y_j = x_index[j]: the coefficient of x_i is lam_inverse[i]
-        return point.permute(lam, index=ad.inverse_index(p["index"]), shape=step.in_shape,
-                             feature_ndim=len(p["shape"])), None
+        return point.permute(lam, index=ad.inverse_index(p["index"]), shape=p["in_shape"], in_shape=p["shape"]), None
     if step.op == "avg_pool2d":  # transpose of a depthwise mean: conv_transpose2d with a k×k kernel of 1/k²
         k = p["kernel_size"]
         xp = backends.current().xp

@@ -146,9 +146,9 @@ def flatten(x: Box) -> Box:
     return Box(point.flatten(x.lower), point.flatten(x.upper))
 
 
-def permute(x: Box, *, index, shape) -> Box:
-    """A rearrangement of the features moves no value: exact."""
-    return Box(point.permute(x.lower, index=index, shape=shape), point.permute(x.upper, index=index, shape=shape))
+def permute(x: Box, **params) -> Box:
+    """A rearrangement of the features (``point.permute``) moves no value: exact."""
+    return Box(point.permute(x.lower, **params), point.permute(x.upper, **params))
 
 
 def avg_pool2d(x: Box, *, kernel_size: int, stride: int, padding: int = 0) -> Box:

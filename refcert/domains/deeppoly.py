@@ -288,10 +288,10 @@ def flatten(x: DeepPoly) -> DeepPoly:
     return _push(x, AffineStep("flatten", {}, tuple(x.lower.shape[1:])), box.flatten(_box(x)), backsubstitute=False)
 
 
-def permute(x: DeepPoly, *, index, shape) -> DeepPoly:
+def permute(x: DeepPoly, **params) -> DeepPoly:
     """A rearrangement of the features: exact; back-substitution applies the inverse permutation."""
-    step = AffineStep("permute", {"index": index, "shape": tuple(shape)}, tuple(x.lower.shape[1:]))
-    return _push(x, step, box.permute(_box(x), index=index, shape=shape), backsubstitute=False)
+    step = AffineStep("permute", params, tuple(x.lower.shape[1:]))
+    return _push(x, step, box.permute(_box(x), **params), backsubstitute=False)
 
 
 def _relaxed(x: DeepPoly, step: RelaxStep) -> RelaxStep:

@@ -78,8 +78,8 @@ def flatten(x):
     return _affine(x, "flatten", {})
 
 
-def permute(x, *, index, shape):
-    return _affine(x, "permute", {"index": index, "shape": shape})
+def permute(x, **params):
+    return _affine(x, "permute", params)
 
 
 def avg_pool2d(x, *, kernel_size, stride, padding=0):

@@ -64,11 +64,13 @@ def flatten(x: Tensor, *, feature_ndim: int | None = None) -> Tensor:
     return ad.reshape(x, shape=lead + (-1,))
 
 
-def permute(x: Tensor, *, index, shape, feature_ndim: int | None = None) -> Tensor:
-    """Rearrange the features: flat feature j of the output is flat feature ``index[j]`` of the input
-    (``index`` a permutation), then shape them as ``shape``; the leading axes stay."""
-    feature_ndim = x.ndim - 1 if feature_ndim is None else feature_ndim
-    lead = x.shape[:x.ndim - feature_ndim]
+def permute(x: Tensor, *, index, shape, in_shape) -> Tensor:
+    """Rearrange the features: x's last axes must be ``in_shape``; flat feature j of the output is flat
+    feature ``index[j]`` of the input (``index`` a permutation), shaped as ``shape``; leading axes stay."""
+    lead, features = x.shape[:x.ndim - len(in_shape)], x.shape[x.ndim - len(in_shape):]
+    if tuple(features) != tuple(in_shape) or x.ndim <= len(in_shape):
+        raise ValueError(f"Permute takes features of shape {tuple(in_shape)} after the batch axis; got an "
+                         f"input of shape {tuple(x.shape)}")
     return ad.reshape(ad.take_last(ad.reshape(x, shape=lead + (-1,)), index=index), shape=lead + tuple(shape))
 
 

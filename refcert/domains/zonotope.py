@@ -151,10 +151,9 @@ def flatten(z: Zonotope) -> Zonotope:
     return flat if z.hint is None else dataclasses.replace(flat, hint=point.flatten(z.hint, feature_ndim=nd))
 
 
-def permute(z: Zonotope, *, index, shape) -> Zonotope:
-    """A rearrangement of every component's features: exact (the magnitude hint moves too)."""
-    nd = z.center.ndim - 1
-    move = lambda t: point.permute(t, index=index, shape=shape, feature_ndim=nd)
+def permute(z: Zonotope, **params) -> Zonotope:
+    """A rearrangement of every component's features (``point.permute``): exact (the magnitude hint moves too)."""
+    move = lambda t: point.permute(t, **params)
     moved = _with(z, move(z.center), move(z.generators), move(z.box_radius))
     return moved if z.hint is None else dataclasses.replace(moved, hint=move(z.hint))
 

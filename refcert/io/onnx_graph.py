@@ -58,7 +58,7 @@ class _Importer:
         if v.perm is None and len(v.logical) == 1:
             return _then(v, nn.Flatten(), v.logical)
         index = np.arange(int(np.prod(v.logical))) if v.perm is None else v.perm
-        return _then(replace(v, perm=None), nn.Permute(index, v.logical), v.logical)
+        return _then(replace(v, perm=None), nn.Permute(index, v.logical, v.shape), v.logical)
 
     def linear(self, v: _Value, M, b, logical_out) -> _Value:
         """Linear layer M (out, n) on the logical flat features; folds a pending permutation."""
