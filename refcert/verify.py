@@ -8,8 +8,11 @@ disjuncts still open, cheapest method first:
    lower bound of C_i y − d_i above 0 over the box (C is applied as a final ``linear`` layer, as in
    ``refcert.spec``, so relational domains keep correlations);
 3. PGD inside each box on max_i (C_i y − d_i) (Madry et al. ICLR'18, Sec. 2, with this objective);
-4. with ``complete=True``, the exact MILP of ``refcert.exact.find_violation`` (Tjeng et al. ICLR'19) looks
-   for a counterexample, and input splitting (bisect the widest coordinate, bound each piece) proves.
+4. branch and bound until decided, the deadline or its budget (``refcert.bab``): input splitting for nets
+   with at most INPUT_SPLIT_DIMS inputs, else ReLU splitting with α,β-CROWN bounds; PGD runs on the worst
+   open subproblem now and then;
+5. with ``complete=True``, the exact MILP of ``refcert.exact.find_violation`` (Tjeng et al. ICLR'19) looks
+   for a counterexample in what is still open (the last resort, for small nets).
 *unsat* and *sat* carry the guarantee of proofs/floating_point.md, for the real box (VNN-LIB decimals read
 exactly) and every execution in ``execution`` precision (default: the ONNX file's dtype; VNN-COMP checks
 with onnxruntime in float32): *unsat* needs every disjunct proved by a sound bound (a strict unsafe row
@@ -17,10 +20,10 @@ C_i y < d_i is refuted by a bound ≥ d_i, a non-strict one by a bound > d_i); *
 execution precision inside the real box (exact test) at which an execution in that precision (refcert's
 own forward pass; what a VNN-COMP checker re-runs) violates every row of one disjunct, compared exactly.
 An exact MILP's
-"infeasible" rests on a solver's tolerances, so under the sound policy it proves nothing; ``complete``
-then splits the input box instead (sound domains on the pieces) and uses the MILP to find counterexamples.
+"infeasible" rests on a solver's tolerances, so under the sound policy it proves nothing: branch and
+bound proves, the MILP only finds counterexamples.
 Time limits (``timeout``, ``deadline``) are checked in every loop (disjuncts, domain passes between
-layers, PGD steps, split pieces); the MILP runs in a child process killed at the deadline
+layers, PGD steps, α iterations, branch-and-bound rounds); the MILP runs in a child process killed at the deadline
 (``refcert.exact.find_violation``), so no step overruns by more than about one layer of a domain pass.
 Running out of time gives ``timeout``: only proved verdicts are ``sat`` or ``unsat``.
 Bounds are computed on a float64 copy of the net.  Boxes are given flat in VNN-LIB (ONNX) order, which
@@ -30,9 +33,11 @@ net), and counterexamples are returned in that order.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -40,17 +45,19 @@ from fractions import Fraction
 
 from refcert import autodiff as ad
 from refcert import domains as domain_registry
-from refcert import fp, interpret, nn
+from refcert import bab, fp, interpret, nn
+from refcert.domains import alpha
 from refcert.spec import through
 from refcert.autodiff import Tensor
 from refcert.certify import check_domains
 from refcert.exact import ExactUndecided, find_violation
 from refcert.io import vnnlib
 
-DEFAULT_DOMAINS = ("deepzono", "deeppoly")
+DEFAULT_DOMAINS = ("deepzono", "deeppoly", "alpha-crown")
 STATUSES = ("sat", "unsat", "unknown", "timeout")
 #: most input-box pieces ``complete`` splits a disjunct into (sound domains on each piece)
-MAX_PIECES = 4096
+#: nets with at most this many inputs are split on their inputs, larger ones on their ReLUs (refcert.bab)
+INPUT_SPLIT_DIMS = 16
 #: PGD stops early once max_i (C_i y − d_i) < −STRICT·(1 + max|d|); smaller violations keep searching
 STRICT = 1e-4
 
@@ -213,7 +220,8 @@ def _spec_bounds(net64, element, C, deadline=math.inf, doing="during a domain pa
             _on_time(deadline - 1.5 * longest, doing)
             element = step(element)
             longest = max(longest, time.monotonic() - start)
-    low, high = element.bounds()
+    with alpha.use(deadline=deadline):  # alpha-crown stops optimising at the deadline (any α is sound)
+        low, high = element.bounds()
     return low.numpy().reshape(-1), high.numpy().reshape(-1)
 
 
@@ -358,64 +366,68 @@ def _decide(net64, units, names, deadline, complete, attack_steps, restarts, rng
             if found is not None:
                 return outcome("sat", "PGD found a counterexample", found)
     _on_time(deadline, "during the attack")
-    if not complete:
-        return outcome("unknown", f"{len(open_units)} of {len(units)} disjuncts neither proved nor falsified")
-    return _complete(net64, open_units, names, deadline, check, prove, outcome)
+    return _search(net64, open_units, deadline, complete, rng, check, prove, outcome, attack_steps)
 
 
-def _complete(net64, open_units, names, deadline, check, prove, outcome) -> VerifyOutcome:
-    """``complete``: the exact MILP looks for a counterexample in each open disjunct (its point is checked
-    soundly); its "none" is a proof only without the sound policy (it rests on solver tolerances).  Under
-    the sound policy each open disjunct is then split along its widest input into pieces, each bounded by
-    the domains, until every piece is refuted, MAX_PIECES is reached or time runs out."""
+def _search(net64, open_units, deadline, complete, rng, check, prove, outcome, attack_steps) -> VerifyOutcome:
+    """What the domains and PGD leave open, until decided or the deadline: branch and bound
+    (``refcert.bab``: input splitting for nets with at most INPUT_SPLIT_DIMS inputs, else ReLU splitting
+    with α,β-CROWN bounds), a PGD attack on the worst open subproblem every round; then, with ``complete``,
+    the exact MILP looks for a counterexample (its point is checked soundly; its "none" is a proof only
+    without the sound policy, as it rests on solver tolerances)."""
     undecided = []
     for unit in open_units:
-        _on_time(deadline, "during the exact MILP search")
-        try:  # past a finite deadline, the MILP's child process is killed (HiGHS may overrun time_limit)
-            x = find_violation(net64, unit.lower, unit.upper, unit.C, unit.d,
-                               time_limit=min(deadline - time.monotonic(), 1e7), deadline=deadline)
-        except ExactUndecided as err:
-            _on_time(deadline, "during the exact MILP search")
-            x, note = None, str(err)
-        except ValueError as err:  # a layer the MILP cannot encode (sigmoid, tanh)
-            x, note = None, f"exact search not possible: {err}"
-        else:
-            note = "the MILP found no violation"
-        if x is not None:
-            found = check(unit, x)
-            if found is not None:
-                return outcome("sat", "the exact MILP search found a counterexample", found)
-            note = "the MILP's violation does not hold in the sound re-check (a floating-point near-tie)"
-        elif note == "the MILP found no violation" and not fp.policy().sound:
-            prove("milp")
+        _on_time(deadline, "during branch and bound")
+        refuted = partial(_refuted_rows, unit)
+        rounds = [0]
+
+        def attack(lower, upper, unit=unit):
+            rounds[0] += 1
+            if rounds[0] % 4 != 2:  # the attack has run on the whole box already; now and then again
+                return None
+            piece = dataclasses.replace(unit, lower=lower, upper=upper)
+            for point in _pgd(net64, piece, max(int(attack_steps) // 2, 1), 2, rng, deadline):
+                found = check(unit, point)
+                if found is not None:
+                    return found
+            return None
+        method = bab.input_split if unit.lower.size <= INPUT_SPLIT_DIMS else bab.relu_split
+        status, found = method(net64, unit.lower, unit.upper, unit.C, refuted, deadline, attack)
+        if status == "sat":
+            return outcome("sat", "an attack inside branch and bound found a counterexample", found)
+        if status == "unsat":
+            prove("input splitting" if method is bab.input_split else "branch and bound")
             continue
-        if _split(net64, unit, names, deadline):
-            prove("input splitting")
-            continue
+        _on_time(deadline, "during branch and bound")
+        note = "branch and bound reached its budget"
+        if complete:
+            try:  # past a finite deadline, the MILP's child process is killed (HiGHS may overrun time_limit)
+                x = find_violation(net64, unit.lower, unit.upper, unit.C, unit.d,
+                                   time_limit=min(deadline - time.monotonic(), 1e7), deadline=deadline)
+            except ExactUndecided as err:
+                _on_time(deadline, "during the exact MILP search")
+                x, note = None, str(err)
+            except ValueError as err:  # a layer the MILP cannot encode (sigmoid, tanh)
+                x, note = None, f"exact search not possible: {err}"
+            else:
+                note = "the MILP found no violation"
+            if x is not None:
+                found = check(unit, x)
+                if found is not None:
+                    return outcome("sat", "the exact MILP search found a counterexample", found)
+                note = "the MILP's violation does not hold in the sound re-check (a floating-point near-tie)"
+            elif note == "the MILP found no violation" and not fp.policy().sound:
+                prove("milp")
+                continue
         undecided.append(note)
     if undecided:
         return outcome("unknown", f"{len(undecided)} disjunct(s) undecided: {undecided[0]}")
     return outcome("unsat", "every disjunct proved infeasible")
 
 
-def _split(net64, unit: _Unit, names, deadline) -> bool:
-    """Refute the disjunct on every piece of its input box, bisecting the widest coordinate of a piece
-    that no domain refutes (sound: the pieces cover the box); False at MAX_PIECES; _Expired at the deadline."""
-    pieces, done = [(unit.lower, unit.upper)], 0
-    while pieces:
-        _on_time(deadline, "while splitting the input box")
-        if done + len(pieces) > MAX_PIECES:
-            return False
-        lower, upper = pieces.pop()
-        done += 1
-        if any(_refuted(unit, _domain_lower(net64, name, [unit], lower, upper, deadline)[0]) for name in names):
-            continue
-        width = (upper - lower).reshape(-1)
-        k = int(np.argmax(width))
-        if width[k] <= 0:
-            return False  # a single point that no domain refutes
-        middle = lower.reshape(-1)[k] + width[k] / 2  # any split point works: the halves share it
-        left_upper, right_lower = upper.copy().reshape(-1), lower.copy().reshape(-1)
-        left_upper[k], right_lower[k] = middle, middle
-        pieces += [(lower, left_upper.reshape(upper.shape)), (right_lower.reshape(lower.shape), upper)]
-    return True
+def _refuted_rows(unit: _Unit, lower: np.ndarray) -> np.ndarray:
+    """``_refuted`` for a batch of subproblems: lower (B, rows) -> (B,) bool."""
+    spec = unit.spec
+    d = np.asarray(spec.d_upper, dtype=np.float64)
+    above = np.where(spec.strict, lower >= d, lower > d)
+    return np.any(above & np.asarray(spec.exact_rows), axis=1)

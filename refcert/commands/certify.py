@@ -17,6 +17,8 @@ import time
 import numpy as np
 
 from refcert import datasets, nn
+from refcert.commands import add_alpha_arguments
+from refcert.domains import alpha
 from refcert.certify import CONCRETE_BATCH, certify, check_domains
 from refcert.io.npz import atomic_write
 from refcert.weights import load_network
@@ -44,6 +46,7 @@ def add_arguments(parser):
     parser.add_argument("--no-attack", action="store_true", help="skip PGD: verdicts only verified/unknown")
     parser.add_argument("--execution", choices=("float32", "float64"), default=None,
                         help="the precision whose executions 'verified' covers (default: the net's dtype)")
+    add_alpha_arguments(parser)
 
 
 def load_inputs(path: str):
@@ -137,7 +140,7 @@ def _declared_input(net):
     """The input shape the network declares, without batch: an ONNX file's, or the ``in_shape`` of a
     first ``Permute`` layer (an NHWC net saved as .npz); None when its layers do not fix one."""
     if getattr(net, "onnx_input_shape", None) is not None:
-        return tuple(net.onnx_input_shape[1:]), "its ONNX file"
+        return tuple(net.input_shape), "its ONNX file"  # the file's input, without its batch axis
     first = net
     while isinstance(first, nn.Sequential) and first.layers:
         first = first.layers[0]
@@ -184,9 +187,10 @@ def run(args):
     chunk = max(args.batch_size, CONCRETE_BATCH)
     rng = np.random.default_rng(args.seed)
     for start in range(0, len(x), chunk):  # chunks only drive the progress bar; certify batches itself
-        part = certify(net, x_net[start:start + chunk], y[start:start + chunk], args.eps, domain=names,
-                       attack=not args.no_attack, pgd_steps=args.pgd_steps, batch_size=args.batch_size, rng=rng,
-                       execution=args.execution)
+        with alpha.use(iterations=args.alpha_iterations, lr=args.alpha_lr):
+            part = certify(net, x_net[start:start + chunk], y[start:start + chunk], args.eps, domain=names,
+                           attack=not args.no_attack, pgd_steps=args.pgd_steps, batch_size=args.batch_size,
+                           rng=rng, execution=args.execution)
         for name in names:
             results[name].append(part[name])
         progress.update(len(part[names[0]].verdicts) * len(names))

@@ -50,13 +50,21 @@ class AffineStep:
 
 @dataclass(frozen=True)
 class RelaxStep:
-    """Per-neuron lines a_l·x + b_l ≤ f(x) ≤ a_u·x + b_u; all four Tensors (batch, *shape)."""
+    """Per-neuron lines a_l·x + b_l ≤ f(x) ≤ a_u·x + b_u; all four Tensors (batch, *shape), the slopes
+    also (batch, rows, *shape): one line per specification row (α-CROWN, ``alpha.py``).
+    ``crossing``: for a ReLU, the backend bool array (batch, *shape) of neurons with l < 0 < u (whose lower
+    slope α-CROWN may choose in [0, 1]); None for other functions.  ``beta``, ``sign``: split constraints
+    sign·x ≥ 0 (sign ±1, 0 where the neuron is not split; (batch, 1, *shape)) with their multipliers
+    β ≥ 0 (batch, rows, *shape), as branch and bound adds them (β-CROWN; proofs/bab.md)."""
     lower_slope: Tensor
     lower_offset: Tensor
     upper_slope: Tensor
     upper_offset: Tensor
     slack: Tensor | None = None
     floor: Tensor | None = None
+    crossing: object = None
+    beta: Tensor | None = None
+    sign: object = None
 
 
 @dataclass(frozen=True)
@@ -144,13 +152,25 @@ def _dot_features(lam: Tensor, v: Tensor) -> Tensor:
     return ad.reshape(ad.matmul(flat, ad.reshape(v, shape=(v.shape[0], -1, 1))), shape=(-1, lam.shape[1]))
 
 
+def _rows(t: Tensor, lam: Tensor) -> Tensor:
+    """A per-neuron Tensor (batch, *shape) with lam's rows axis added; one with rows already as it is."""
+    return t if t.ndim == lam.ndim else _with_rows_axis(t)
+
+
 def _through_relaxation(lam: Tensor, step: RelaxStep):
     """Lower rule: lam⁺·(a_l x + b_l) + lam⁻·(a_u x + b_u) ≤ lam·f(x) (proofs/deeppoly.md §1).
 
     Computed as lam·(a_u x + b_u) + lam⁺·((a_l − a_u) x + (b_l − b_u)) (lam⁻ = lam − lam⁺): two full-size
-    products instead of four, and the constants as matrix products instead of product-then-sum."""
+    products instead of four, and the constants as matrix products instead of product-then-sum.
+    Split constraints (``step.beta``): on the subdomain sign·x ≥ 0, so lam'·x ≥ (lam' − β·sign)·x for β ≥ 0;
+    where rounding made the float result move the wrong way (sign·(lam' − lam'') < 0, an effective β < 0),
+    lam' is kept: the sign of a float difference is exact, so the effective multiplier is ≥ 0 (bab.md §2)."""
     pos = ad.relu(lam)
-    new = lam * _with_rows_axis(step.upper_slope) + pos * _with_rows_axis(step.lower_slope - step.upper_slope)
+    upper = _rows(step.upper_slope, lam)
+    new = lam * upper + pos * (_rows(step.lower_slope, lam) - upper)
+    if step.beta is not None:
+        candidate = new - step.beta * step.sign
+        new = ad.where(step.sign * (new.value - candidate.value) >= 0, candidate, new)
     return new, _dot_features(lam, step.upper_offset) + _dot_features(pos, step.lower_offset - step.upper_offset)
 
 
@@ -175,12 +195,15 @@ def _through_maxpool(lam: Tensor, step: MaxPoolStep):
     return new, _feature_sum(constant)
 
 
-def substitute(lam: Tensor, steps: tuple):
+def substitute(lam: Tensor, steps: tuple, record: list | None = None):
     """Walk ``steps`` from the last to the first: returns (lam', c, S) with lam·x_top ≥ lam'·x_bottom + c − S
     for every reachable x (c, S are (batch', rows) or None; S ≥ 0 is the floating-point slack, exact up
-    to the rounding of its own sums, see ``lower_bounds``).  lam: (batch', rows, *shape of x_top)."""
+    to the rounding of its own sums, see ``lower_bounds``).  lam: (batch', rows, *shape of x_top).
+    ``record``: a list that receives (step, lam at its output) for every RelaxStep (branching heuristics)."""
     c = slack = None
     for step in reversed(steps):
+        if record is not None and isinstance(step, RelaxStep):
+            record.append((step, lam))
         if getattr(step, "slack", None) is not None:
             slack = _plus(slack, _dot_features(ad.abs(lam), step.slack))
         if getattr(step, "floor", None) is not None:
@@ -192,8 +215,8 @@ def substitute(lam: Tensor, steps: tuple):
         elif isinstance(step, MaxPoolStep):
             lam, dc = _through_maxpool(lam, step)
         elif isinstance(step, ResidualStep):  # both branches start from the same lam and meet at x_o
-            lam_a, c_a, s_a = substitute(lam, step.block)
-            lam_b, c_b, s_b = substitute(lam, step.shortcut)
+            lam_a, c_a, s_a = substitute(lam, step.block, record)
+            lam_b, c_b, s_b = substitute(lam, step.shortcut, record)
             lam, dc = lam_a + lam_b, _plus(c_a, c_b)
             slack = _plus(slack, _plus(s_a, s_b))
             if step.origin_slack is not None:
@@ -208,12 +231,12 @@ def _plus(a, b):
     return b if a is None else a if b is None else a + b
 
 
-def lower_bounds(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Tensor) -> Tensor:
+def lower_bounds(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Tensor, record=None) -> Tensor:
     """Lower bounds (batch, rows) of lam·x_top over the input box: substitute to the input, then
     min over the box of lam'·x = Σ max(lam',0)·l + min(lam',0)·u = lam'·u + max(lam',0)·(l − u)
     (proofs/deeppoly.md §1).  Sound policy: minus S (compensated for the rounding of its own sums) and fp's
     radius of these last sums, rounded down (proofs/floating_point.md §5)."""
-    lam, c, slack = substitute(lam, steps)
+    lam, c, slack = substitute(lam, steps, record)
     bound = _dot_features(lam, input_upper) + _dot_features(ad.relu(lam), input_lower - input_upper)
     bound = bound if c is None else bound + c
     if not fp.policy().sound:

@@ -34,10 +34,10 @@ import numpy as np
 from refcert import autodiff as ad
 from refcert import backends, domains, fp
 from refcert.autodiff import Tensor
-from refcert.domains import backsub, box, point
+from refcert.domains import alpha, backsub, box, point
 from refcert.domains.backsub import AffineStep, MaxPoolStep, RelaxStep, ResidualStep
 
-DEEPPOLY, CROWN_IBP = "deeppoly", "crown-ibp"
+DEEPPOLY, CROWN_IBP, ALPHA = "deeppoly", "crown-ibp", "alpha-crown"
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,9 @@ class DeepPoly:
         if self.domain == CROWN_IBP and self.steps:
             lower, upper = backsub.bounds(self.steps, self.lower.shape[1:], self.input_lower, self.input_upper)
             return ad.maximum(self.lower, lower), ad.minimum(self.upper, upper)
+        if self.domain == ALPHA and self.steps:  # DeepPoly's bounds, then α optimised per neuron and side
+            lower, upper = alpha.bounds(self.steps, self.lower.shape[1:], self.input_lower, self.input_upper)
+            return ad.maximum(self.lower, lower), ad.minimum(self.upper, upper)
         return self.lower, self.upper
 
 
@@ -87,7 +90,7 @@ def relu_lines(l: Tensor, u: Tensor) -> RelaxStep:
     chord = ad.where(crossing, fp.up(chord), zero)
     upper_slope = ad.where(live, zero + 1.0, chord)
     alpha = ad.where(live | (crossing & (u.value >= -l.value)), zero + 1.0, zero)
-    return RelaxStep(alpha, zero, upper_slope, fp.up(-chord * l))
+    return RelaxStep(alpha, zero, upper_slope, fp.up(-chord * l), crossing=crossing)
 
 
 def _s_shaped_lines(f, df, l: Tensor, u: Tensor, name: str = "") -> RelaxStep:
@@ -182,7 +185,7 @@ def _push(x: DeepPoly, step, image: box.Box, *, backsubstitute: bool) -> DeepPol
     """Append ``step`` with the interval image as concrete bounds; DeepPoly's affine layers are marked
     for back-substitution, which ``_refine`` does when the bounds are used (proofs/deeppoly.md §1, §5)."""
     return dataclasses.replace(x, lower=image.lower, upper=image.upper, steps=x.steps + (step,),
-                               refined=x.refined and not (backsubstitute and x.domain == DEEPPOLY))
+                               refined=x.refined and not (backsubstitute and x.domain in (DEEPPOLY, ALPHA)))
 
 
 def _refine(x: DeepPoly, *, everywhere: bool) -> DeepPoly:
@@ -296,11 +299,15 @@ def permute(x: DeepPoly, **params) -> DeepPoly:
 
 def _relaxed(x: DeepPoly, step: RelaxStep) -> RelaxStep:
     """The step with its slack: substituting lam through the lines costs γ·|lam|((2|a_u| + |a_l|) M) in the
-    coefficients and γ·|lam|(2|b_u| + |b_l|) in the constant (proofs/floating_point.md §5)."""
+    coefficients and γ·|lam|(2|b_u| + |b_l|) in the constant (proofs/floating_point.md §5).  For alpha-crown
+    a crossing ReLU's slopes may become any α ∈ [0, 1] (and 1 or 0 both, when branch and bound splits it),
+    so its slack is taken for |a_u|, |a_l| ≤ 1: 2 + 1 (proofs/alpha_crown.md §3)."""
     if not fp.policy().sound:
         return step
     xp = backends.current().xp
     slopes = 2.0 * xp.abs(step.upper_slope.value) + xp.abs(step.lower_slope.value)
+    if x.domain == ALPHA and step.crossing is not None:
+        slopes = xp.where(step.crossing, 3.0, slopes)
     offsets = ad.constant(2.0 * xp.abs(step.upper_offset.value) + xp.abs(step.lower_offset.value))
     errors = _errors(x, lambda m: ad.constant(slopes * m.value), 3, constant=offsets, executes=False)
     return dataclasses.replace(step, **errors)
@@ -360,3 +367,4 @@ TRANSFORMERS = {
 
 domains.register(DEEPPOLY, TRANSFORMERS, lambda lower, upper: from_bounds(lower, upper, domain=DEEPPOLY))
 domains.register(CROWN_IBP, TRANSFORMERS, lambda lower, upper: from_bounds(lower, upper, domain=CROWN_IBP))
+domains.register(ALPHA, TRANSFORMERS, lambda lower, upper: from_bounds(lower, upper, domain=ALPHA))

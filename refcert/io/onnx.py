@@ -18,8 +18,14 @@ Constant tensors are plain NumPy arrays and are folded.  How the quirks of real 
   an ``nn.Permute`` layer, and so does a Reshape to more than one axis; so the network takes inputs in
   the file's own layout.
 * Add of two data tensors becomes ``nn.Residual`` (branches from their last common tensor).
+* An input of one fixed axis [N] has no batch axis (VNN-COMP's ``test_nano``/``test_tiny``): it is one
+  sample of N features, ``MatMul(W, x)`` / ``MatMul(x, W)`` on it are Linear layers and the output has no
+  batch axis either.  Such a graph is read with ONNX shapes equal to the logical ones (``_Importer.batch``
+  False); operators whose meaning depends on axis positions (Gemm, Conv, pooling, Transpose, Flatten, ...)
+  are refused for it, elementwise maps, activations, MatMul and Reshape are not.
 The returned ``nn.Sequential`` records ``onnx_input_shape`` (as in the file), ``input_shape`` (what
-``net`` takes, without batch: the file's), ``onnx_output_shape`` and ``onnx_dtype``.
+``net`` takes, without batch: the file's), ``onnx_output_shape`` and ``onnx_dtype``; for a file without a
+batch axis ``onnx_input_shape == input_shape == (N,)``.
 """
 from __future__ import annotations
 
@@ -59,11 +65,16 @@ def load_onnx(path, dtype: str = "float32") -> nn.Sequential:
     inputs = [i for i in graph.input if i.name not in env]
     if len(inputs) != 1 or len(graph.output) != 1:
         raise OnnxImportError(f"{path}: expected one data input and one output, got {len(inputs)} and {len(graph.output)}")
-    dims = [d.dim_value if d.HasField("dim_value") else 1 for d in inputs[0].type.tensor_type.shape.dim]
-    if len(dims) < 2:
-        raise OnnxImportError(f"{path}: input {inputs[0].name!r} has shape {dims}; the first axis must be the batch")
+    declared = list(inputs[0].type.tensor_type.shape.dim)
+    dims = [d.dim_value if d.HasField("dim_value") else 1 for d in declared]
     importer = _Importer(path, dtype)
-    env[inputs[0].name] = _Value(None, None, tuple(dims[1:]), tuple(dims[1:]))
+    if len(dims) == 1 and declared[0].HasField("dim_value") and dims[0] >= 1:
+        importer.batch = False   # one sample of N features, e.g. MatMul(W, x) on [N] (VNN-COMP's test_tiny)
+    elif len(dims) < 2:
+        raise OnnxImportError(f"{path}: input {inputs[0].name!r} has shape {dims}; expected a batch axis first, "
+                              f"or one axis of fixed length (a single sample)")
+    features = tuple(dims[1:]) if importer.batch else tuple(dims)
+    env[inputs[0].name] = _Value(None, None, features, features)
     for node in graph.node:
         args = [env[name] if name else None for name in node.input]
         results = onnx_ops.apply(importer, node, args, {a.name: _attribute(onnx, numpy_helper, a) for a in node.attribute})
@@ -80,7 +91,7 @@ def load_onnx(path, dtype: str = "float32") -> nn.Sequential:
     while root.prev is not None:
         root = root.prev
     net.onnx_input_shape, net.input_shape = tuple(dims), root.shape
-    net.onnx_output_shape = (1,) + out.logical
+    net.onnx_output_shape = ((1,) if importer.batch else ()) + out.logical
     try:  # the precision the file is executed in (onnxruntime): what verify's guarantee covers by default
         net.onnx_dtype = str(onnx.helper.tensor_dtype_to_np_dtype(inputs[0].type.tensor_type.elem_type))
     except Exception:  # an undeclared element type

@@ -41,6 +41,7 @@ def _tensor(array, dtype) -> Tensor:
 class _Importer:
     def __init__(self, path, dtype):
         self.path, self.dtype = path, dtype
+        self.batch = True   # False: the graph's tensors have no batch axis (a 1-D input [N]; ONNX shape = logical)
 
     def fail(self, node, message):
         raise OnnxImportError(f"{self.path}: node {node.name or '(unnamed)'!r} ({node.op_type}): {message}")

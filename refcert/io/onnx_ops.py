@@ -27,17 +27,20 @@ def _axes(node, args, attrs):
 
 
 def _reshape_logical(imp, node, v, shape):
-    """New ONNX shape (without batch) for data ``v``; the batch axis must stay first and alone."""
-    size = int(np.prod(v.logical))
+    """New ONNX shape (without batch) for data ``v``; the batch axis must stay first and alone.  In a
+    graph without a batch axis (``imp.batch`` False) the target is the whole new shape."""
+    size, target = int(np.prod(v.logical)), list(shape)
+    if not imp.batch:
+        shape = [1] + [int(s) for s in shape]   # the same rules, with the implicit sample count in front
     rest = [int(s) for s in shape[1:]]
     rest = [v.logical[i] if s == 0 and i < len(v.logical) else s for i, s in enumerate(rest)]
     if rest.count(-1) > 1:
-        imp.fail(node, f"reshape target {list(shape)} has several -1 entries")
+        imp.fail(node, f"reshape target {target} has several -1 entries")
     if -1 in rest:
         known = int(np.prod([s for s in rest if s != -1]))
         rest[rest.index(-1)] = size // known if known else 0
     if int(np.prod(rest)) != size or (shape[0] not in (-1, 0, 1) and shape[0] * size != int(np.prod(shape))):
-        imp.fail(node, f"reshape of features {v.logical} to {list(shape)} would mix the batch axis")
+        imp.fail(node, f"reshape of features {v.logical} to {target} would mix the batch axis")
     return replace(v, logical=tuple(rest))
 
 
@@ -108,8 +111,13 @@ def _matmul(imp, node, args, attrs):
         M = np.kron(a.astype(np.float64), np.eye(b.logical[1]))
         out = (a.shape[0], b.logical[1])
         x = b
+    elif _is_data(b) and not _is_data(a) and a.ndim == 2 and len(b.logical) == 1 and not imp.batch:
+        M = a.astype(np.float64)                              # W (k, n) @ x (n,): a graph without batch axis
+        out = (a.shape[0],)
+        x = b
     else:
-        imp.fail(node, "supported forms: data @ 2-D constant, 2-D constant @ data of shape (n, m)")
+        imp.fail(node, "supported forms: data @ 2-D constant, 2-D constant @ data of shape (n, m), "
+                       "2-D constant @ 1-D data without batch axis")
     if x.logical[-1 if x is a else 0] != (b.shape[0] if x is a else a.shape[1]):
         imp.fail(node, f"shapes {x.logical} and {(b if x is a else a).shape} do not multiply")
     return [imp.linear(x, M, np.zeros(M.shape[0]), out)]
@@ -126,6 +134,8 @@ def _elementwise(imp, node, args, attrs):
         return [imp.residual(a, b, node)]
     x, c = (a, b) if _is_data(a) else (b, a)
     c = np.asarray(c, dtype=np.float64)
+    if c.ndim > len(x.logical) and not imp.batch:
+        imp.fail(node, f"a constant of shape {c.shape} would add axes to data {x.logical} that has no batch axis")
     if c.ndim > len(x.logical):                  # a constant with a batch axis of 1
         c = c.reshape(c.shape[c.ndim - len(x.logical):])
     if op == "Add":
@@ -227,7 +237,7 @@ def _constant(imp, node, args, attrs):
 
 def _shape(imp, node, args, attrs):
     x = args[0]
-    return [np.asarray((1,) + x.logical if _is_data(x) else x.shape, dtype=np.int64)]
+    return [np.asarray(((1,) if imp.batch else ()) + x.logical if _is_data(x) else x.shape, dtype=np.int64)]
 
 
 def _activation(imp, node, args, attrs):
@@ -254,6 +264,10 @@ OPS = {
 }
 _CAST = {1: np.float32, 6: np.int32, 7: np.int64, 9: np.bool_, 11: np.float64}
 _CONSTANT_ONLY = ("Concat", "Cast")
+# Operators that read axis positions (batch first) or need 2-D/4-D data: refused on data of a graph whose
+# input has no batch axis (elementwise maps, activations, MatMul, Reshape and Shape work there).
+_NEEDS_BATCH_AXIS = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Gemm", "BatchNormalization",
+                     "Transpose", "Gather", "Flatten", "Squeeze", "Unsqueeze", "Pad")
 
 
 def apply(imp, node, args, attrs):
@@ -262,4 +276,6 @@ def apply(imp, node, args, attrs):
         imp.fail(node, f"unsupported operator; supported: {', '.join(sorted(OPS))}")
     if node.op_type in _CONSTANT_ONLY and any(_is_data(a) for a in args):
         imp.fail(node, "supported only on constants (shape computations)")
+    if not imp.batch and node.op_type in _NEEDS_BATCH_AXIS and any(_is_data(a) for a in args):
+        imp.fail(node, "supported only in graphs whose input has a batch axis; this one's input is 1-D [N]")
     return OPS[node.op_type](imp, node, args, attrs)

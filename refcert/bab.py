@@ -1,0 +1,164 @@
+"""Branch and bound: refute "some x in the box has C·net(x) in the unsafe set" by splitting the problem.
+
+Two ways to split, one loop (``_search``): a queue of subproblems, bounded a batch at a time (one
+abstract run for the whole batch, which is where a GPU pays), pruned when a sound lower bound puts a row
+of C·y outside the unsafe set (``refuted``), split in two otherwise.  An attack (``attack(lower, upper)``,
+PGD re-checked exactly by the caller) runs on the worst open subproblem every round.
+
+* **ReLU splitting** (``relu_split``; Bunel et al., JMLR'20; β-CROWN, Wang et al., NeurIPS'21): a
+  subproblem fixes some crossing ReLUs active (x ≥ 0) or inactive (x ≤ 0).  Its bound is α-CROWN's on the
+  steps of one DeepPoly pass over the whole box, with the split neurons' exact lines and their
+  constraints weighted by β ≥ 0 (``refcert.domains.alpha``; proofs/bab.md).  The neuron to split is the
+  free crossing neuron with the largest BaBSR intercept score (Bunel et al., Sec. 5.1): Σ_rows max(−λ, 0)·
+  u(−l)/(u − l), what the upper chord's offset costs the bound, λ the neuron's coefficient in the
+  back-substitution (so a split removes the largest loss first).
+* **Input splitting** (``input_split``; for few inputs, ACAS Xu style): a subproblem is a piece of the
+  box, bounded by a fresh alpha-crown run (intermediate bounds tighten with the piece).  The piece is
+  bisected along the coordinate with the largest gradient × width: |∂(Σ rows of C·y)/∂x_i| at the
+  piece's centre times its width.
+
+Both answer ``"unsat"`` (every subproblem refuted: the pieces cover the box, the two halves of a split
+cover the parent's subdomain), ``"sat"`` with the attack's point, or ``"unknown"`` when the budget of
+subproblems or the deadline (``time.monotonic()``) runs out.  Proofs: proofs/bab.md, proofs/alpha_crown.md.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from refcert import autodiff as ad
+from refcert import backends, domains, interpret, nn
+from refcert.autodiff import Tensor
+from refcert.domains import alpha
+from refcert.spec import through
+
+BATCH = 32            # subproblems bounded together
+MAX_SUBPROBLEMS = 20000
+
+
+def _element(net64, lower, upper, C):
+    """The alpha-crown element of C·net over the boxes [lower, upper] (batch P, *input shape)."""
+    element = domains.get("alpha-crown").from_bounds(Tensor(lower), Tensor(upper))
+    Cs = np.broadcast_to(C, (lower.shape[0],) + C.shape)
+    with ad.no_grad():
+        element = interpret.run([net64, nn.Flatten()], element)
+        return through([], element, Tensor(np.ascontiguousarray(Cs)))
+
+
+def _rows(C):
+    xp = backends.current().xp
+    k = C.shape[0]
+    return Tensor(xp.reshape(backends.current().asarray(np.eye(k)), (1, k, k)))
+
+
+def relu_split(net64, lower, upper, C, refuted, deadline=math.inf, attack=None, batch=BATCH,
+               max_subproblems=MAX_SUBPROBLEMS):
+    """ReLU branch and bound on one box (lower, upper: (1, *shape)); see the module docstring."""
+    root = _element(net64, lower, upper, C)
+    steps = alpha.constant_steps(root.steps)
+    relus = alpha.relu_steps(steps)
+    xp = backends.current().xp
+    shapes = [tuple(step.lower_slope.shape[1:]) for step in relus]
+    crossing = [xp.reshape(step.crossing, (1,) + shape) for step, shape in zip(relus, shapes)]
+    intercept = [xp.where(step.crossing, step.upper_offset.value, 0.0) for step in relus]  # u(−l)/(u − l)
+    queue = [[xp.zeros((1,) + shape, dtype=xp.int8) for shape in shapes]]  # one subproblem: no split
+    done = 0
+    while queue:
+        if time.monotonic() > deadline or done >= max_subproblems:
+            return "unknown", None
+        if attack is not None:
+            point = attack(lower, upper)
+            if point is not None:
+                return "sat", point
+        take, queue = queue[:batch], queue[batch:]
+        splits = [xp.concat([s[k] for s in take]) for k in range(len(shapes))]
+        record = []
+        with alpha.use(deadline=deadline):
+            low = alpha.optimize(_rows(C), steps, root.input_lower, root.input_upper, splits=splits or None,
+                                 batch=len(take), record=record).numpy()
+        done += len(take)
+        open_ = ~refuted(low)
+        if not open_.any():
+            continue
+        scores = _scores(record, relus, intercept, splits, crossing, len(take))
+        for i in np.flatnonzero(open_):
+            if scores[i] is None:  # every crossing neuron split and still not refuted: cannot decide here
+                return "unknown", None
+            layer, index = scores[i]
+            for side in (1, -1):
+                child = [s[i:i + 1].copy() for s in splits]
+                flat = xp.reshape(child[layer], (-1,))
+                flat[index] = side
+                child[layer] = xp.reshape(flat, child[layer].shape)
+                queue.append(child)
+    return "unsat", None
+
+
+def _scores(record, relus, intercept, splits, crossing, n):
+    """Per subproblem: (layer, flat index) of the free crossing neuron with the largest BaBSR intercept
+    score, or None when none is left."""
+    xp = backends.current().xp
+    lam_of = {id(step): lam for step, lam in record}
+    best = [(-1.0, None)] * n
+    for k, step in enumerate(relus):
+        lam = next((lam_of[key] for key in lam_of if key == id(step)), None)
+        free = crossing[k] & (splits[k] == 0)
+        if lam is None:
+            score = xp.where(free, 1e-12 + intercept[k], -1.0)
+        else:
+            score = xp.sum(xp.maximum(-lam.value, 0.0), axis=1) * intercept[k] + 1e-12
+            score = xp.where(free, xp.broadcast_to(score, free.shape), -1.0)
+        flat = xp.reshape(score, (n, -1))
+        top = xp.argmax(flat, axis=1)
+        for i in range(n):
+            value = float(flat[i, int(top[i])])
+            if value >= 0 and value > best[i][0]:
+                best[i] = (value, (k, int(top[i])))
+    return [None if b is None else b for _, b in best]
+
+
+def input_split(net64, lower, upper, C, refuted, deadline=math.inf, attack=None, batch=BATCH,
+                max_subproblems=MAX_SUBPROBLEMS):
+    """Input-box branch and bound (lower, upper: (1, *shape)); see the module docstring."""
+    queue = [(lower, upper)]
+    done = 0
+    while queue:
+        if time.monotonic() > deadline or done >= max_subproblems:
+            return "unknown", None
+        take, queue = queue[:batch], queue[batch:]
+        lo = np.concatenate([piece[0] for piece in take])
+        hi = np.concatenate([piece[1] for piece in take])
+        if attack is not None:
+            worst = take[0]
+            point = attack(*worst)
+            if point is not None:
+                return "sat", point
+        element = _element(net64, lo, hi, C)
+        with alpha.use(deadline=deadline):
+            low = alpha.optimize(_rows(C), element.steps, element.input_lower, element.input_upper).numpy()
+        done += len(take)
+        open_ = np.flatnonzero(~refuted(low))
+        if open_.size == 0:
+            continue
+        influence = _influence(net64, (lo[open_] + hi[open_]) / 2, C) * (hi[open_] - lo[open_]).reshape(open_.size, -1)
+        for j, i in enumerate(open_):
+            k = int(np.argmax(influence[j]))
+            width = (hi[i].reshape(-1))[k] - (lo[i].reshape(-1))[k]
+            if width <= 0:
+                return "unknown", None  # a point no bound refutes and the attack did not violate
+            middle = lo[i].reshape(-1)[k] + width / 2
+            left_hi, right_lo = hi[i:i + 1].copy().reshape(-1), lo[i:i + 1].copy().reshape(-1)
+            left_hi[k], right_lo[k] = middle, middle
+            queue += [(lo[i:i + 1], left_hi.reshape(hi[i:i + 1].shape)), (right_lo.reshape(lo[i:i + 1].shape), hi[i:i + 1])]
+    return "unsat", None
+
+
+def _influence(net64, centres, C):
+    """|∂(Σ_rows C·y)/∂x| at each centre (P, *shape) -> (P, n)."""
+    with ad.enable_grad():
+        x = Tensor(centres, requires_grad=True)
+        y = ad.reshape(net64(x), shape=(centres.shape[0], -1))
+        ad.sum(ad.matmul(y, Tensor(C.T))).backward()
+    return np.abs(ad.as_tensor(x.grad).numpy().reshape(centres.shape[0], -1)) + 1e-12

@@ -1,0 +1,213 @@
+"""α-CROWN and β-CROWN bounds on DeepPoly's steps (Xu et al., ICLR'21; Wang et al., NeurIPS'21).
+
+DeepPoly's back-substitution (``backsub.py``) bounds a linear form of the last layer from below through
+one pair of lines per neuron.  For a crossing ReLU (l < 0 < u) every lower line α·x with α ∈ [0, 1] lies
+below relu on [l, u]; DeepPoly picks α ∈ {0, 1} by area.  α-CROWN makes α a variable per specification
+row and neuron and maximises the bound by projected gradient ascent (Adam, then α clipped to [0, 1]):
+the bound is a differentiable function of α (refcert's own autodiff), and *every* α gives a sound bound,
+so stopping early — at the iteration budget or the deadline — is always sound, and the best bound seen
+per row is kept.  The intermediate bounds (which decide which neurons cross and the upper chords) stay
+DeepPoly's.  Starting from DeepPoly's α and keeping the best, the result is never looser than DeepPoly.
+
+Branch and bound (``refcert.bab``) passes ``splits``: per crossing ReLU an int8 array (batch, *shape)
+with +1 (the neuron is active on this subdomain: x ≥ 0, so relu(x) = x), −1 (inactive: x ≤ 0, relu = 0)
+or 0.  A split neuron gets its exact line, and its constraint sign·x ≥ 0 enters the bound with a
+multiplier β ≥ 0, also optimised (β-CROWN's Lagrangian term; ``backsub._through_relaxation``).
+Proofs: proofs/alpha_crown.md (α), proofs/bab.md (splits and β).
+
+Floating point: the slack of a crossing ReLU step is built for any slopes in [0, 1] (``deeppoly._relaxed``
+for the alpha-crown domain), and the β term is kept only where its float result has the right sign.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from refcert import autodiff as ad
+from refcert import backends
+from refcert.autodiff import Tensor
+from refcert.domains import backsub
+from refcert.domains.backsub import AffineStep, RelaxStep, ResidualStep
+
+
+@dataclass(frozen=True)
+class Settings:
+    iterations: int = 20      # gradient steps on α (and β); 0 gives DeepPoly's bound
+    lr: float = 0.1           # Adam's step size on α ∈ [0, 1] and β ≥ 0
+    deadline: float = math.inf  # time.monotonic() past which the optimisation stops (the bound so far is sound)
+
+
+_local = threading.local()
+
+
+def settings() -> Settings:
+    return getattr(_local, "settings", Settings())
+
+
+@contextlib.contextmanager
+def use(**changes):
+    """``with alpha.use(iterations=50, lr=0.05, deadline=t):`` — the α-CROWN settings inside the block."""
+    old = settings()
+    new = dataclasses.replace(old, **{k: v for k, v in changes.items() if v is not None})
+    if new.iterations < 0 or not new.lr > 0:
+        raise ValueError(f"alpha-crown needs iterations >= 0 and lr > 0, got {new.iterations} and {new.lr}")
+    _local.settings = new
+    try:
+        yield new
+    finally:
+        _local.settings = old
+
+
+# --- the steps with α (and splits) in place ---------------------------------------------------------------
+def _constant(value):
+    return ad.constant(value.value) if isinstance(value, Tensor) else value
+
+
+def constant_steps(steps: tuple) -> tuple:
+    """The steps with every Tensor detached, so optimising α sends no gradient to the network's weights."""
+    out = []
+    for step in steps:
+        if isinstance(step, ResidualStep):
+            step = dataclasses.replace(step, block=constant_steps(step.block), shortcut=constant_steps(step.shortcut))
+        elif isinstance(step, AffineStep):
+            step = dataclasses.replace(step, params={k: _constant(v) for k, v in step.params.items()})
+        fields = {f.name: _constant(getattr(step, f.name)) for f in dataclasses.fields(step)
+                  if isinstance(getattr(step, f.name), Tensor)}
+        out.append(dataclasses.replace(step, **fields))
+    return tuple(out)
+
+
+def relu_steps(steps: tuple) -> list:
+    """The ReLU steps with a crossing neuron, in the order ``map_relu_steps`` visits them."""
+    found = []
+    map_relu_steps(steps, lambda step, k: found.append(step) or step)
+    return found
+
+
+def map_relu_steps(steps: tuple, change) -> tuple:
+    """``steps`` with every ReLU step that has a crossing neuron replaced by change(step, k), k counting
+    them in a fixed order (depth first, residual block before shortcut)."""
+    count = [0]
+
+    def walk(steps):
+        out = []
+        for step in steps:
+            if isinstance(step, ResidualStep):
+                step = dataclasses.replace(step, block=walk(step.block), shortcut=walk(step.shortcut))
+            elif (isinstance(step, RelaxStep) and step.crossing is not None
+                  and bool(backends.current().xp.any(step.crossing))):
+                step = change(step, count[0])
+                count[0] += 1
+            out.append(step)
+        return tuple(out)
+    return walk(steps)
+
+
+def _with_lines(step: RelaxStep, alpha: Tensor, split, beta: Tensor | None) -> RelaxStep:
+    """The ReLU step with lower slope α (per row) on its free crossing neurons and, where ``split`` is ±1,
+    the exact line and the split constraint with multiplier β."""
+    xp = backends.current().xp
+    free = step.crossing if split is None else step.crossing & (split == 0)
+    rows = lambda a: xp.reshape(a, (a.shape[0], 1) + tuple(a.shape[1:]))
+    lower = ad.where(rows(free), alpha, backsub._with_rows_axis(step.lower_slope))
+    if split is None:
+        return dataclasses.replace(step, lower_slope=lower)
+    active, inactive = split > 0, split < 0
+    zero = step.upper_offset * 0.0
+    lower = ad.where(rows(active), zero + 1.0, ad.where(rows(inactive), zero, lower))
+    upper = ad.where(active, zero + 1.0, ad.where(inactive, zero, step.upper_slope))
+    offset = ad.where(active | inactive, zero, step.upper_offset)
+    sign = rows(xp.astype(split, step.upper_slope.dtype))
+    return dataclasses.replace(step, lower_slope=lower, upper_slope=upper, upper_offset=offset, beta=beta, sign=sign)
+
+
+# --- the optimisation -----------------------------------------------------------------------------------
+def optimize(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Tensor, splits=None, batch=None,
+             goal=None, record=None):
+    """Lower bounds (batch, rows) of lam·x_top over the input box, α (and, with ``splits``, β) optimised.
+
+    lam: (1 or batch, rows, *top shape).  ``splits``: None, or per ReLU step of ``relu_steps(steps)`` an int8
+    backend array (batch, *shape), the subproblems of branch and bound (``batch`` of them; the input box
+    and the steps are shared, batch 1).  ``goal``: (batch, rows) values past which a row needs no more
+    work (branch and bound's thresholds); the loop stops when every row is past it.  ``record``: a list
+    that receives (step, lam) per ReLU step from the best iteration (for branching).  Returns a constant
+    Tensor; its entries are each the best bound over the iterations, each one sound."""
+    conf = settings()
+    steps = constant_steps(steps)
+    relus = relu_steps(steps)
+    lam = ad.constant(lam.value)
+    n = batch or max(lam.shape[0], input_lower.shape[0])
+    rows = lam.shape[1]
+    xp = backends.current().xp
+    alphas = [Tensor(xp.broadcast_to(backsub._with_rows_axis(step.lower_slope).value,
+                                     (n, rows) + tuple(step.lower_slope.shape[1:])) + 0.0, requires_grad=True)
+              for step in relus]
+    betas = [] if splits is None else [Tensor(xp.zeros((n, rows) + tuple(step.lower_slope.shape[1:]),
+                                                       dtype=lam.dtype), requires_grad=True) for step in relus]
+    params = alphas + betas
+    optimizer = _Adam(params, conf.lr)
+    best = None
+    for iteration in range(conf.iterations + 1):
+        change = (lambda step, k: _with_lines(step, alphas[k], None if splits is None else splits[k],
+                                              None if splits is None else betas[k]))
+        trial = []
+        with ad.enable_grad():
+            bound = backsub.lower_bounds(lam, map_relu_steps(steps, change), input_lower, input_upper,
+                                         None if record is None else trial)
+            value = bound.value
+            if best is None or bool(xp.any(value > best)):
+                if record is not None:
+                    record[:] = [(step, ad.constant(l.value)) for step, l in trial]
+                best = value if best is None else xp.maximum(best, value)
+            if (iteration == conf.iterations or not params or time.monotonic() > conf.deadline
+                    or (goal is not None and bool(xp.all(best > goal)))):
+                break
+            ad.sum(-bound).backward()
+        optimizer.step()
+        for a in alphas:
+            a.value = xp.clip(a.value, 0.0, 1.0)
+        for b in betas:
+            b.value = xp.maximum(b.value, 0.0)
+    return ad.constant(best)
+
+
+class _Adam:
+    """Adam (Kingma & Ba, ICLR'15) on raw arrays; gradients from ``Tensor.grad`` (cleared after each step)."""
+
+    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8):
+        self.params, self.lr, (self.b1, self.b2), self.eps, self.t = params, lr, betas, eps, 0
+        self.m = [p.value * 0.0 for p in params]
+        self.v = [p.value * 0.0 for p in params]
+
+    def step(self):
+        xp = backends.current().xp
+        self.t += 1
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            g = ad.as_tensor(p.grad).value
+            self.m[i] = self.b1 * self.m[i] + (1 - self.b1) * g
+            self.v[i] = self.b2 * self.v[i] + (1 - self.b2) * g * g
+            m_hat = self.m[i] / (1 - self.b1 ** self.t)
+            v_hat = self.v[i] / (1 - self.b2 ** self.t)
+            p.value = p.value - self.lr * m_hat / (xp.sqrt(v_hat) + self.eps)
+            p.grad = None
+
+
+def bounds(steps: tuple, shape: tuple, input_lower: Tensor, input_upper: Tensor):
+    """(lower, upper) of the top layer's neurons (feature ``shape``, batch first), α optimised for each
+    neuron and side: the rows [E; −E] as in ``backsub.bounds`` (upper = −lower of −x)."""
+    xp = backends.current().xp
+    size = math.prod(shape)
+    eye = xp.eye(size, dtype=input_lower.dtype)
+    rows = xp.reshape(xp.concat([eye, -eye]), (1, 2 * size) + tuple(shape))
+    with ad.no_grad():
+        low = optimize(Tensor(rows), steps, input_lower, input_upper).value
+    batch = low.shape[0]
+    lower = xp.reshape(low[:, :size], (batch,) + tuple(shape))
+    upper = -xp.reshape(low[:, size:], (batch,) + tuple(shape))
+    return Tensor(lower), Tensor(upper)
