@@ -3,7 +3,8 @@
 Two ways to split, one loop (``_search``): a queue of subproblems, bounded a batch at a time (one
 abstract run for the whole batch, which is where a GPU pays), pruned when a sound lower bound puts a row
 of C·y outside the unsafe set (``refuted``), split in two otherwise.  An attack (``attack(lower, upper)``,
-PGD re-checked exactly by the caller) runs on the worst open subproblem every round.
+PGD re-checked exactly by the caller, who decides how often it runs) gets the whole box each round (ReLU
+splitting) or the first open piece (input splitting).
 
 * **ReLU splitting** (``relu_split``; Bunel et al., JMLR'20; β-CROWN, Wang et al., NeurIPS'21): a
   subproblem fixes some crossing ReLUs active (x ≥ 0) or inactive (x ≤ 0).  Its bound is α-CROWN's on the
@@ -36,6 +37,9 @@ from refcert.spec import through
 
 BATCH = 32            # subproblems bounded together
 MAX_SUBPROBLEMS = 20000
+#: α,β optimisation per round of ReLU splitting: β has no natural scale and starts at 0 in every
+#: subproblem (no warm start), so it needs more and larger steps than α-CROWN's defaults
+ITERATIONS, LR = 50, 0.3
 
 
 def _element(net64, lower, upper, C):
@@ -54,8 +58,9 @@ def _rows(C):
 
 
 def relu_split(net64, lower, upper, C, refuted, deadline=math.inf, attack=None, batch=BATCH,
-               max_subproblems=MAX_SUBPROBLEMS):
-    """ReLU branch and bound on one box (lower, upper: (1, *shape)); see the module docstring."""
+               max_subproblems=MAX_SUBPROBLEMS, goal=None):
+    """ReLU branch and bound on one box (lower, upper: (1, *shape)); see the module docstring.  ``goal``:
+    per row of C the value a lower bound must pass to refute (stops the optimisation early)."""
     root = _element(net64, lower, upper, C)
     steps = alpha.constant_steps(root.steps)
     relus = alpha.relu_steps(steps)
@@ -75,9 +80,12 @@ def relu_split(net64, lower, upper, C, refuted, deadline=math.inf, attack=None, 
         take, queue = queue[:batch], queue[batch:]
         splits = [xp.concat([s[k] for s in take]) for k in range(len(shapes))]
         record = []
-        with alpha.use(deadline=deadline):
+        target = None if goal is None else np.broadcast_to(np.asarray(goal, dtype=np.float64), (len(take), C.shape[0]))
+        with alpha.use(deadline=deadline, iterations=max(alpha.settings().iterations, ITERATIONS),
+                       lr=max(alpha.settings().lr, LR)):
             low = alpha.optimize(_rows(C), steps, root.input_lower, root.input_upper, splits=splits or None,
-                                 batch=len(take), record=record).numpy()
+                                 batch=len(take), record=record,
+                                 goal=None if target is None else backends.current().asarray(target)).numpy()
         done += len(take)
         open_ = ~refuted(low)
         if not open_.any():
@@ -100,10 +108,10 @@ def _scores(record, relus, intercept, splits, crossing, n):
     """Per subproblem: (layer, flat index) of the free crossing neuron with the largest BaBSR intercept
     score, or None when none is left."""
     xp = backends.current().xp
-    lam_of = {id(step): lam for step, lam in record}
+    lam_of = {id(step.crossing): lam for step, lam in record}  # steps are rebuilt; their masks are shared
     best = [(-1.0, None)] * n
     for k, step in enumerate(relus):
-        lam = next((lam_of[key] for key in lam_of if key == id(step)), None)
+        lam = lam_of.get(id(step.crossing))
         free = crossing[k] & (splits[k] == 0)
         if lam is None:
             score = xp.where(free, 1e-12 + intercept[k], -1.0)

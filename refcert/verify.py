@@ -392,7 +392,8 @@ def _search(net64, open_units, deadline, complete, rng, check, prove, outcome, a
                     return found
             return None
         method = bab.input_split if unit.lower.size <= INPUT_SPLIT_DIMS else bab.relu_split
-        status, found = method(net64, unit.lower, unit.upper, unit.C, refuted, deadline, attack)
+        status, found = method(net64, unit.lower, unit.upper, unit.C, refuted, deadline, attack,
+                               **({"goal": unit.spec.d_upper} if method is bab.relu_split else {}))
         if status == "sat":
             return outcome("sat", "an attack inside branch and bound found a counterexample", found)
         if status == "unsat":

@@ -132,8 +132,8 @@ def optimize(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Tensor
 
     lam: (1 or batch, rows, *top shape).  ``splits``: None, or per ReLU step of ``relu_steps(steps)`` an int8
     backend array (batch, *shape), the subproblems of branch and bound (``batch`` of them; the input box
-    and the steps are shared, batch 1).  ``goal``: (batch, rows) values past which a row needs no more
-    work (branch and bound's thresholds); the loop stops when every row is past it.  ``record``: a list
+    and the steps are shared, batch 1).  ``goal``: (batch, rows) values past which a row refutes its
+    subproblem (branch and bound's thresholds); the loop stops when every subproblem has such a row.  ``record``: a list
     that receives (step, lam) per ReLU step from the best iteration (for branching).  Returns a constant
     Tensor; its entries are each the best bound over the iterations, each one sound."""
     conf = settings()
@@ -162,9 +162,9 @@ def optimize(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Tensor
             if best is None or bool(xp.any(value > best)):
                 if record is not None:
                     record[:] = [(step, ad.constant(l.value)) for step, l in trial]
-                best = value if best is None else xp.maximum(best, value)
+                best = value if best is None else xp.where(value > best, value, best)  # NaN never wins
             if (iteration == conf.iterations or not params or time.monotonic() > conf.deadline
-                    or (goal is not None and bool(xp.all(best > goal)))):
+                    or (goal is not None and bool(xp.all(xp.any(best > goal, axis=1))))):
                 break
             ad.sum(-bound).backward()
         optimizer.step()
