@@ -28,7 +28,7 @@ COMMANDS = {
 
 # What a missing third-party module means for the user: the extra that installs it.
 EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "scipy": "exact", "matplotlib": "plot", "maraboupy": "fuzz",
-          "cupy": "gpu", "tqdm": None}
+          "cupy": "gpu", "tqdm": "cluster", "dask": "cluster", "distributed": "cluster"}
 
 
 def process_started() -> float:

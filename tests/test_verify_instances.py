@@ -157,3 +157,28 @@ def test_option_errors(tmp_path, capsys, argv, words):
 def test_positionals_still_required_without_instances(capsys):
     code, _, err = _run(["verify", "net.onnx"], capsys)
     assert code == 2 and "PROP.vnnlib" in err
+
+
+def test_two_workers_and_resume_give_the_serial_rows(problems, capsys, monkeypatch):
+    """--workers 2 (a Dask LocalCluster) writes the rows a serial run writes; --resume after a run that
+    ended early runs only the missing instances (issue 14)."""
+    pytest.importorskip("distributed")
+    from refcert.commands import verify as command
+    listing = _write_csv(problems / "instances.csv", ["onnx", "vnnlib", "timeout", "expected"], [
+        ["nets/net.onnx", "props/sat.vnnlib", "60", "sat"], ["nets/net.onnx", "props/unsat.vnnlib", "60", "unsat"],
+        ["nets/net.onnx", "props/unsat.vnnlib", "60", "unsat"], ["nets/net.onnx", "props/sat.vnnlib", "60", "sat"]])
+    keep = ("number", "onnx", "vnnlib", "answer", "counterexample", "expected", "wrong")
+    rows = {}
+    for name, extra in (("serial", []), ("dask", ["--workers", "2"])):
+        out = problems / name / "results.csv"
+        assert _run(["verify", "--instances", str(listing), "--out", str(out), *extra], capsys)[0] == 0
+        rows[name] = [{k: r[k] for k in keep} for r in _rows(out)]
+    assert rows["serial"] == rows["dask"] and [r["number"] for r in rows["dask"]] == ["1", "2", "3", "4"]
+    out = problems / "serial" / "results.csv"
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:3]) + "\n")           # as if the run had stopped after two instances
+    real, calls = command._instance_row, []
+    monkeypatch.setattr(command, "_instance_row", lambda shared, item: calls.append(item[0]) or real(shared, item))
+    assert _run(["verify", "--instances", str(listing), "--out", str(out), "--resume"], capsys)[0] == 0
+    assert calls == [3, 4]
+    assert [{k: r[k] for k in keep} for r in _rows(out)] == rows["serial"]

@@ -17,7 +17,9 @@ import time
 import numpy as np
 
 from refcert import datasets, nn
-from refcert.commands import add_alpha_arguments
+from refcert import parallel
+from refcert.commands import add_alpha_arguments, add_parallel_arguments
+from refcert.commands.parts import Parts
 from refcert.domains import alpha
 from refcert.certify import CONCRETE_BATCH, certify, check_domains
 from refcert.io.npz import atomic_write
@@ -37,7 +39,10 @@ def add_arguments(parser):
     parser.add_argument("--domain", action="append", metavar="NAME",
                         help="abstract domain (repeat for several); default deepzono")
     parser.add_argument("--n", type=int, default=None, help="certify only the first N inputs")
-    parser.add_argument("--json", metavar="PATH", help="write per-input results as JSON (atomic)")
+    parser.add_argument("--json", metavar="PATH", help="write per-input results as JSON (atomic); while the run "
+                        "goes, finished chunks stream to PATH.parts.jsonl (removed at the end), which --resume reads")
+    add_parallel_arguments(parser, "chunks of inputs", "continue an interrupted run with the same options and "
+                           "--json: skip the chunks in PATH.parts.jsonl")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="inputs per abstract run (default 32; on a CPU the zonotope domains and DeepPoly "
                              "are often fastest at 1, see bench/certify.py); PGD always takes >= 128 at once")
@@ -76,25 +81,29 @@ def load_inputs(path: str):
 
 
 class _Progress:
-    """tqdm when installed, else a counter on stderr."""
+    """tqdm when installed, else a counter on stderr; shown from the first finished chunk on (so an error in
+    the first one stays a clean one-line message)."""
 
-    def __init__(self, total: int, label: str):
-        self.total, self.label, self.done = total, label, 0
-        try:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=label, file=sys.stderr, leave=False)
-        except ImportError:
-            self.bar = None
+    def __init__(self, total: int, label: str, enabled: bool = True):
+        self.total, self.label, self.done, self.enabled, self.bar = total, label, 0, enabled, None
 
     def update(self, count: int):
         self.done += count
-        if self.bar is not None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=self.total, desc=self.label, file=sys.stderr, leave=False)
+            except ImportError:
+                self.bar = False
+        if self.bar:
             self.bar.update(count)
         else:
             print(f"\r{self.label}: {self.done}/{self.total}", end="", file=sys.stderr, flush=True)
 
     def close(self):
-        if self.bar is not None:
+        if self.bar:
             self.bar.close()
         else:
             print(file=sys.stderr)
@@ -181,21 +190,29 @@ def run(args):
         raise ValueError(f"{args.inputs}: no inputs to certify")
     layout = _layout(net, x.shape[1:])
     x_net = x if layout is None else x.reshape(len(x), -1)[:, layout[0]].reshape((len(x),) + layout[1])
-    results = {name: [] for name in names}
-    progress = _Progress(len(x) * len(names), "certify")
     began = time.perf_counter()
     chunk = max(args.batch_size, CONCRETE_BATCH)
-    rng = np.random.default_rng(args.seed)
-    for start in range(0, len(x), chunk):  # chunks only drive the progress bar; certify batches itself
-        with alpha.use(iterations=args.alpha_iterations, lr=args.alpha_lr):
-            part = certify(net, x_net[start:start + chunk], y[start:start + chunk], args.eps, domain=names,
-                           attack=not args.no_attack, pgd_steps=args.pgd_steps, batch_size=args.batch_size,
-                           rng=rng, execution=args.execution)
-        for name in names:
-            results[name].append(part[name])
+    spans = [(i, (i, start, min(start + chunk, len(x)))) for i, start in enumerate(range(0, len(x), chunk))]
+    options = {"eps": args.eps, "names": names, "attack": not args.no_attack, "pgd_steps": args.pgd_steps,
+               "batch_size": args.batch_size, "seed": args.seed, "execution": args.execution,
+               "alpha": (args.alpha_iterations, args.alpha_lr)}
+    if args.resume and not args.json:
+        raise ValueError("--resume continues the run whose --json PATH is given (its PATH.parts.jsonl)")
+    stream = None if not args.json else Parts(args.json + ".parts.jsonl", {
+        "net": args.net, "inputs": args.inputs, "n": len(x), "chunk": chunk,
+        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}})
+    done = {} if stream is None else {int(k): _decode_part(v) for k, v in stream.start(args.resume).items()}
+    distributed = args.workers is not None or args.scheduler is not None
+    progress = _Progress(len(x) * len(names), "certify", enabled=not distributed)
+    shared = {"net": net, "x": x_net, "y": y, "options": options}
+    for index, part in parallel.run(certify_span, spans, shared=shared, workers=args.workers,
+                                    scheduler=args.scheduler, done=done, progress=distributed, what="chunks"):
+        done[index] = part
+        if stream is not None:
+            stream.add(index, _encode_part(part))
         progress.update(len(part[names[0]].verdicts) * len(names))
     progress.close()
-    merged = {name: _merge(parts) for name, parts in results.items()}
+    merged = {name: _merge([done[i][name] for i in sorted(done)]) for name in names}
     if layout is not None:  # counterexamples back in the inputs' layout
         for res in merged.values():
             res.counterexamples = [None if p is None else _undo(layout[0], p, x.shape[1:]) for p in res.counterexamples]
@@ -204,9 +221,40 @@ def run(args):
     print(_table(merged))
     if args.json:
         text = json.dumps(_json(merged, args, elapsed, x.shape[1:]), indent=1).encode()
-        atomic_write(args.json, lambda stream: stream.write(text))
+        atomic_write(args.json, lambda out: out.write(text))
+        stream.finish()
         print(f"wrote {args.json}")
     return 0
+
+
+def certify_span(shared, span):
+    """One work item: certify inputs start..stop−1 (chunk ``index``); PGD's generator is seeded by
+    (seed, index), so a chunk's verdicts do not depend on where or in which order chunks run."""
+    index, start, stop = span
+    o = shared["options"]
+    with alpha.use(iterations=o["alpha"][0], lr=o["alpha"][1]):
+        return certify(shared["net"], shared["x"][start:stop], shared["y"][start:stop], o["eps"], domain=o["names"],
+                       attack=o["attack"], pgd_steps=o["pgd_steps"], batch_size=o["batch_size"],
+                       rng=np.random.default_rng([o["seed"], index]), execution=o["execution"])
+
+
+def _encode_part(part: dict) -> dict:
+    """{domain: CertifyResult} as JSON (floats exact: Python floats hold float32 and float64 values)."""
+    return {name: {"domain": r.domain, "eps": r.eps, "labels": r.labels.tolist(), "predicted": r.predicted.tolist(),
+                   "verdicts": list(r.verdicts), "margins": r.margins.astype(float).tolist(),
+                   "counterexamples": [None if c is None else [str(np.asarray(c).dtype), list(np.shape(c)),
+                                                              np.asarray(c).reshape(-1).tolist()]
+                                       for c in r.counterexamples],
+                   "times": r.times.tolist(), "attack_seconds": r.attack_seconds} for name, r in part.items()}
+
+
+def _decode_part(data: dict) -> dict:
+    from refcert.certify import CertifyResult
+    return {name: CertifyResult(d["domain"], d["eps"], np.asarray(d["labels"], dtype=np.int64),
+                                np.asarray(d["predicted"], dtype=np.int64), d["verdicts"], np.asarray(d["margins"]),
+                                [None if c is None else np.asarray(c[2], dtype=c[0]).reshape(c[1])
+                                 for c in d["counterexamples"]],
+                                np.asarray(d["times"]), d["attack_seconds"]) for name, d in data.items()}
 
 
 def _undo(layout, point, shape):

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import math
 
+from refcert.commands import add_parallel_arguments
 from refcert.fuzz import adapters, runner
 
 #: what every case of a family needs (ONNX files, onnxruntime's checks, the MILP oracle); imported before
@@ -36,6 +37,7 @@ def add_arguments(parser):
                         help="'net': random nets in benchmark layouts, MILP answers (default); 'fp': "
                              "floating-point quirks (absorption, cancellation, near ties, tiny boxes, huge biases) "
                              "with exact rational answers")
+    add_parallel_arguments(parser, "cases", "keep the cases already in DIR/summary.csv and run only the missing ones")
 
 
 def run(args):
@@ -50,7 +52,8 @@ def run(args):
     adapter = adapters.get(args.verifier)
     log = (lambda *a: None) if args.quiet else (lambda line: print(line, flush=True))
     fam = runner.family(args.family)
-    rows = runner.campaign(adapter, args.cases, args.seed, args.out, args.timeout, args.shrink, log, fam)
+    rows = runner.campaign(adapter, args.cases, args.seed, args.out, args.timeout, args.shrink, log, fam,
+                           workers=args.workers, scheduler=args.scheduler, resume=args.resume)
     print(runner.summary_table(rows, adapter.name, fam.classes))
     if fam.extra_summary is not None:
         print("\n" + fam.extra_summary(rows))

@@ -34,7 +34,8 @@ import numpy as np
 
 from refcert.certify import check_domains
 from refcert.autodiff import no_grad
-from refcert.commands import add_alpha_arguments
+from refcert import parallel
+from refcert.commands import add_alpha_arguments, add_parallel_arguments
 from refcert.domains import alpha
 from refcert.io.npz import atomic_write
 from refcert.verify import DEFAULT_DOMAINS, verify
@@ -72,6 +73,8 @@ def add_arguments(parser):
                              "go to RESULTS_ce/<n>.txt")
     parser.add_argument("--timeout-scale", type=float, default=1.0, metavar="F",
                         help="with --instances: each instance's limit is its timeout times F (default 1)")
+    add_parallel_arguments(parser, "instances", "with --instances: keep the rows already in --out and run only "
+                           "the missing instances")
 
 
 def input_shape(net, size: int, path) -> tuple:
@@ -158,7 +161,8 @@ def run(args):
               file=sys.stderr)
         return 2
     for option, value in (("--out", getattr(args, "out", None)),
-                          ("--timeout-scale", None if getattr(args, "timeout_scale", 1.0) == 1.0 else True)):
+                          ("--timeout-scale", None if getattr(args, "timeout_scale", 1.0) == 1.0 else True),
+                          ("--workers", args.workers), ("--scheduler", args.scheduler), ("--resume", args.resume or None)):
         if value is not None:
             raise ValueError(f"{option} needs --instances")
     names = _check_options(args)
@@ -233,16 +237,61 @@ def _write_rows(path, columns, rows):
     atomic_write(path, lambda stream: stream.write(data))
 
 
+def _instance_row(shared, item):
+    """One work item of ``--instances``: decide instance ``number`` and return its row (a dict)."""
+    from refcert.io.vnnlib import write_result
+    args, names, ce_folder, has_expected = shared
+    number, row = item
+    started = time.monotonic()
+    out = {key: row.get(key, "") for key in ("benchmark", "onnx", "vnnlib", "expected")}
+    out["number"] = str(number)
+    out.update(counterexample="", message="", wrong="")
+    try:
+        limit = _limit(row, args)
+        out["timeout"] = "" if limit is None else f"{limit:g}"
+        if not row["onnx"] or not row["vnnlib"]:
+            raise ValueError("the row has no onnx or no vnnlib file")
+        if not os.path.isfile(row["net"]):
+            raise FileNotFoundError(f"{row['net']}: no such file")
+        outcome, _ = verify_instance(args, names, row["net"], row["property"], limit, started)
+        out["answer"], out["message"] = outcome.status, outcome.message
+        if outcome.status == "sat" and ce_folder is not None:
+            os.makedirs(ce_folder, exist_ok=True)
+            ce = os.path.join(ce_folder, f"{number}.txt")
+            write_result(ce, outcome.status, outcome.x, outcome.y)
+            out["counterexample"] = os.path.relpath(ce, os.path.dirname(os.path.abspath(args.out)))
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # one broken instance must not end the run
+        out["answer"], out["message"] = "error", f"{type(err).__name__}: {err}"
+    out["seconds"] = f"{time.monotonic() - started:.3f}"
+    expected = _ANSWERS.get(str(out["expected"]).lower())
+    if has_expected:
+        wrong = expected is not None and out["answer"] in ("sat", "unsat") and out["answer"] != expected
+        out["wrong"] = "1" if wrong else "0"
+    return out
+
+
+def _finished_rows(path, count) -> dict:
+    """--resume: {instance number: row} of the rows already in the --out CSV (numbered in file order)."""
+    if not path or not os.path.isfile(path):
+        return {}
+    with open(path, newline="") as stream:
+        found = list(csv.DictReader(stream))
+    if len(found) > count:
+        raise ValueError(f"{path} has {len(found)} rows but the instance list only {count}: another run's results")
+    return {int(row.get("number") or i): row for i, row in enumerate(found, 1)}
+
+
 def run_instances(args):
     """``--instances``: every instance in turn, a row each (module docstring); the exit code."""
-    from refcert.io.vnnlib import write_result
     names = _check_options(args)
     if not (math.isfinite(args.timeout_scale) and args.timeout_scale > 0):
         raise ValueError(f"--timeout-scale must be a finite number > 0, got {args.timeout_scale}")
     if not os.path.isfile(args.instances):
         raise FileNotFoundError(f"{args.instances}: no such file")
     instances, has_benchmark, has_expected = read_instances(args.instances)
-    columns = (["benchmark"] if has_benchmark else []) + ["onnx", "vnnlib", "timeout", "answer", "seconds",
+    columns = ["number"] + (["benchmark"] if has_benchmark else []) + ["onnx", "vnnlib", "timeout", "answer", "seconds",
                                                           "counterexample"]
     columns += (["expected", "wrong"] if has_expected else []) + ["message"]
     ce_folder = None
@@ -250,51 +299,33 @@ def run_instances(args):
         stem = os.path.splitext(os.path.basename(args.out))[0]
         ce_folder = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"{stem}_ce")
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    done, counts = [], {"solved": 0, "wrong": 0, "unknown": 0, "timeout": 0, "error": 0}
-    for number, row in enumerate(instances, 1):
-        started = time.monotonic()
-        out = {key: row.get(key, "") for key in ("benchmark", "onnx", "vnnlib", "expected")}
-        out.update(counterexample="", message="", wrong="")
-        try:
-            limit = _limit(row, args)
-            out["timeout"] = "" if limit is None else f"{limit:g}"
-            if not row["onnx"] or not row["vnnlib"]:
-                raise ValueError("the row has no onnx or no vnnlib file")
-            if not os.path.isfile(row["net"]):
-                raise FileNotFoundError(f"{row['net']}: no such file")
-            outcome, _ = verify_instance(args, names, row["net"], row["property"], limit, started)
-            out["answer"], out["message"] = outcome.status, outcome.message
-            if outcome.status == "sat" and ce_folder is not None:
-                os.makedirs(ce_folder, exist_ok=True)
-                ce = os.path.join(ce_folder, f"{number}.txt")
-                write_result(ce, outcome.status, outcome.x, outcome.y)
-                out["counterexample"] = os.path.relpath(ce, os.path.dirname(os.path.abspath(args.out)))
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # one broken instance must not end the run
-            out["answer"], out["message"] = "error", f"{type(err).__name__}: {err}"
-        out["seconds"] = f"{time.monotonic() - started:.3f}"
-        expected = _ANSWERS.get(out["expected"].lower())
-        if has_expected:
-            wrong = expected is not None and out["answer"] in ("sat", "unsat") and out["answer"] != expected
-            out["wrong"] = "1" if wrong else "0"
-        answer = out["answer"]
-        if out["wrong"] == "1":
-            counts["wrong"] += 1
-        elif answer in ("sat", "unsat"):
-            counts["solved"] += 1
-        else:
-            counts["unknown"] += 1
-            if answer in ("timeout", "error"):
-                counts[answer] += 1
-        done.append(out)
+    rows = _finished_rows(args.out, len(instances)) if args.resume else {}
+    if args.resume and rows:
+        print(f"resuming: {len(rows)} instance(s) already in {args.out}")
+    items = [(number, (number, row)) for number, row in enumerate(instances, 1)]
+    distributed = args.workers is not None or args.scheduler is not None
+    for number, out in parallel.run(_instance_row, items, shared=(args, names, ce_folder, has_expected),
+                                    workers=args.workers,
+                                    scheduler=args.scheduler, done=rows, progress=distributed, what="instances"):
+        rows[number] = out
         if args.out:
-            _write_rows(args.out, columns, done)
+            _write_rows(args.out, columns, [rows[k] for k in sorted(rows)])
         where = "/".join(part for part in (out["benchmark"], out["onnx"]) if part)
         note = f" (expected {out['expected']})" if has_expected and out["expected"] else ""
         note += "  WRONG" if out["wrong"] == "1" else ""
-        note += f"  {out['message']}" if answer == "error" else ""
-        print(f"[{number}/{len(instances)}] {where} {out['vnnlib']}: {answer} in {out['seconds']} s{note}", flush=True)
+        note += f"  {out['message']}" if out["answer"] == "error" else ""
+        print(f"[{number}/{len(instances)}] {where} {out['vnnlib']}: {out['answer']} in {out['seconds']} s{note}",
+              flush=True)
+    done, counts = [rows[k] for k in sorted(rows)], {"solved": 0, "wrong": 0, "unknown": 0, "timeout": 0, "error": 0}
+    for out in done:
+        if out.get("wrong") == "1":
+            counts["wrong"] += 1
+        elif out["answer"] in ("sat", "unsat"):
+            counts["solved"] += 1
+        else:
+            counts["unknown"] += 1
+            if out["answer"] in ("timeout", "error"):
+                counts[out["answer"]] += 1
     print(f"summary: {len(done)} instance(s): {counts['solved']} solved, {counts['wrong']} wrong, "
           f"{counts['unknown']} unknown ({counts['timeout']} timeout, {counts['error']} error)"
           + (f"; wrote {args.out}" if args.out else ""))

@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from refcert import parallel
 from refcert.fuzz import cases as fc
 from refcert.fuzz import quirks as q
 from refcert.io.npz import atomic_write
@@ -172,25 +173,56 @@ def shrink(case, cls, adapter, timeout, directory, max_runs=30, max_seconds=45.0
     return case
 
 
-def campaign(adapter, n_cases, seed, out, timeout, do_shrink=True, log=print, fam=NET):
-    """Run ``n_cases`` cases of family ``fam``; write DIR/case-NNNN/, DIR/summary.csv; return the rows (dicts)."""
+def campaign(adapter, n_cases, seed, out, timeout, do_shrink=True, log=print, fam=NET, workers=None,
+             scheduler=None, resume=False):
+    """Run ``n_cases`` cases of family ``fam``; write DIR/case-NNNN/, DIR/summary.csv; return the rows (dicts).
+
+    Cases are independent work items (``refcert.parallel``: in this process, or on a Dask cluster with
+    ``workers``/``scheduler``; a case's files are written by the process that runs it, so a cluster on
+    several machines needs DIR on a shared file system).  summary.csv is rewritten (atomically) after every
+    finished case; ``resume`` keeps its rows and runs only the missing cases.  Case k is made from
+    (seed, k) alone, so where and in which order cases run does not change them."""
     os.makedirs(out, exist_ok=True)
-    rows = []
-    for index in range(n_cases):
-        case = fam.make_case(seed, index)
-        directory = os.path.join(out, f"case-{index + 1:04d}")
-        cls, detail, outcome = run_case(case, directory, adapter, timeout, fam)
-        row = {"case": index + 1, "class": cls, "answer": case.answer, "verdict": outcome.status,
-               "seconds": round(outcome.seconds, 3), **fam.describe(case),
-               "detail": detail.replace("\n", " ")[:300], "shrunk": ""}
-        if cls in fam.shrink_classes and do_shrink:
-            small = shrink(case, cls, adapter, timeout, os.path.join(directory, "shrunk"), fam=fam)
-            row["shrunk"] = f"{small.spec}"
-        rows.append(row)
-        log(f"case {index + 1:4d}/{n_cases}  {cls:18s} answer={case.answer:7s} verdict={outcome.status:7s} "
-            f"{outcome.seconds:6.2f}s  {row['quirks']} {row['prop']} {row['detail'][:80]}")
-    text = _csv(rows)
-    atomic_write(os.path.join(out, "summary.csv"), lambda s: s.write(text.encode()))
+    summary = os.path.join(out, "summary.csv")
+    rows = {r["case"]: r for r in _read_summary(summary)} if resume else {}
+    if resume and rows:
+        log(f"resuming: {len(rows)} case(s) already in {summary}")
+    distributed = workers is not None or scheduler is not None
+    items = [(index + 1, index) for index in range(n_cases)]
+    for number, row in parallel.run(_case_row, items, shared=(adapter, seed, out, timeout, do_shrink, fam),
+                                    workers=workers, scheduler=scheduler, done=rows, progress=distributed,
+                                    what="cases"):
+        rows[number] = row
+        text = _csv([rows[k] for k in sorted(rows)])
+        atomic_write(summary, lambda s: s.write(text.encode()))
+        log(f"case {number:4d}/{n_cases}  {row['class']:18s} answer={row['answer']:7s} verdict={row['verdict']:7s} "
+            f"{row['seconds']:6.2f}s  {row['quirks']} {row['prop']} {row['detail'][:80]}")
+    return [rows[k] for k in sorted(rows)]
+
+
+def _case_row(shared, index):
+    """One work item: case ``index`` made, run, classified (and shrunk); its summary row."""
+    adapter, seed, out, timeout, do_shrink, fam = shared
+    case = fam.make_case(seed, index)
+    directory = os.path.join(out, f"case-{index + 1:04d}")
+    cls, detail, outcome = run_case(case, directory, adapter, timeout, fam)
+    row = {"case": index + 1, "class": cls, "answer": case.answer, "verdict": outcome.status,
+           "seconds": round(outcome.seconds, 3), **fam.describe(case),
+           "detail": detail.replace("\n", " ")[:300], "shrunk": ""}
+    if cls in fam.shrink_classes and do_shrink:
+        small = shrink(case, cls, adapter, timeout, os.path.join(directory, "shrunk"), fam=fam)
+        row["shrunk"] = f"{small.spec}"
+    return row
+
+
+def _read_summary(path) -> list:
+    """The rows of an earlier summary.csv (case as int, seconds as float), [] when there is none."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    for row in rows:
+        row["case"], row["seconds"] = int(row["case"]), float(row["seconds"])
     return rows
 
 
