@@ -36,11 +36,7 @@ def run(fn, items, *, shared=None, workers: int | None = None, scheduler: str | 
         for key, payload in todo:
             yield key, fn(shared, payload)
         return
-    if workers is not None and workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
-    if workers is not None and scheduler is not None:
-        raise ValueError("give --workers (a local cluster) or --scheduler (a running one), not both")
-    distributed = _dask()
+    distributed = check(workers, scheduler)
     with _client(distributed, workers, scheduler) as client:
         ref = client.scatter(shared, broadcast=True) if shared is not None else None
         futures = {client.submit(fn, ref, payload, key=f"refcert-{what}-{key}-{time.time_ns()}", pure=False,
@@ -57,6 +53,15 @@ def run(fn, items, *, shared=None, workers: int | None = None, scheduler: str | 
         finally:
             if bar is not None:
                 bar.close()
+
+
+def check(workers, scheduler):
+    """Refuse bad --workers/--scheduler before any work; the distributed module when one is given."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if workers is not None and scheduler is not None:
+        raise ValueError("give --workers (a local cluster) or --scheduler (a running one), not both")
+    return None if workers is None and scheduler is None else _dask()
 
 
 def _dask():

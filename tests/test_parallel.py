@@ -124,3 +124,15 @@ def test_fuzz_on_two_workers_classifies_as_serially_and_resumes(tmp_path, capsys
           "--out", str(tmp_path / "serial"), "--resume"])
     assert calls == [3, 4, 5]
     assert [{k: r[k] for k in keep} for r in runner._read_summary(summary)] == rows["serial"]
+
+
+def test_a_running_cluster_by_its_scheduler_address(files, tmp_path, capsys):
+    """--scheduler ADDRESS: the same verdicts on a cluster started elsewhere (here a LocalCluster standing in for
+    `dask scheduler` + `dask worker`); --workers and --scheduler together are refused."""
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        assert _certify(files, tmp_path / "remote.json", "--scheduler", cluster.scheduler_address) == 0
+        assert _certify(files, tmp_path / "both.json", "--workers", "1", "--scheduler",
+                        cluster.scheduler_address) == 1
+    assert "not both" in capsys.readouterr().err and not (tmp_path / "both.json.parts.jsonl").exists()
+    assert _certify(files, tmp_path / "serial.json") == 0
+    assert _verdicts(tmp_path / "remote.json") == _verdicts(tmp_path / "serial.json")

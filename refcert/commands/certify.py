@@ -196,6 +196,7 @@ def run(args):
     options = {"eps": args.eps, "names": names, "attack": not args.no_attack, "pgd_steps": args.pgd_steps,
                "batch_size": args.batch_size, "seed": args.seed, "execution": args.execution,
                "alpha": (args.alpha_iterations, args.alpha_lr)}
+    parallel.check(args.workers, args.scheduler)
     if args.resume and not args.json:
         raise ValueError("--resume continues the run whose --json PATH is given (its PATH.parts.jsonl)")
     stream = None if not args.json else Parts(args.json + ".parts.jsonl", {

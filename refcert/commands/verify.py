@@ -299,6 +299,7 @@ def run_instances(args):
         stem = os.path.splitext(os.path.basename(args.out))[0]
         ce_folder = os.path.join(os.path.dirname(os.path.abspath(args.out)), f"{stem}_ce")
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    parallel.check(args.workers, args.scheduler)
     rows = _finished_rows(args.out, len(instances)) if args.resume else {}
     if args.resume and rows:
         print(f"resuming: {len(rows)} instance(s) already in {args.out}")

@@ -182,6 +182,7 @@ def campaign(adapter, n_cases, seed, out, timeout, do_shrink=True, log=print, fa
     several machines needs DIR on a shared file system).  summary.csv is rewritten (atomically) after every
     finished case; ``resume`` keeps its rows and runs only the missing cases.  Case k is made from
     (seed, k) alone, so where and in which order cases run does not change them."""
+    parallel.check(workers, scheduler)
     os.makedirs(out, exist_ok=True)
     summary = os.path.join(out, "summary.csv")
     rows = {r["case"]: r for r in _read_summary(summary)} if resume else {}
