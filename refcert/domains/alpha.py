@@ -32,6 +32,7 @@ from refcert import backends
 from refcert.autodiff import Tensor
 from refcert.domains import backsub
 from refcert.domains.backsub import AffineStep, RelaxStep, ResidualStep
+from refcert.optim import Adam
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def optimize(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Tensor
     betas = [] if splits is None else [Tensor(xp.zeros((n, rows) + tuple(step.lower_slope.shape[1:]),
                                                        dtype=lam.dtype), requires_grad=True) for step in relus]
     params = alphas + betas
-    optimizer = _Adam(params, conf.lr)
+    optimizer = Adam(params, lr=conf.lr) if params else None
     best = None
     for iteration in range(conf.iterations + 1):
         change = (lambda step, k: _with_lines(step, alphas[k], None if splits is None else splits[k],
@@ -168,34 +169,12 @@ def optimize(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Tensor
                 break
             ad.sum(-bound).backward()
         optimizer.step()
+        optimizer.zero_grad()
         for a in alphas:
             a.value = xp.clip(a.value, 0.0, 1.0)
         for b in betas:
             b.value = xp.maximum(b.value, 0.0)
     return ad.constant(best)
-
-
-class _Adam:
-    """Adam (Kingma & Ba, ICLR'15) on raw arrays; gradients from ``Tensor.grad`` (cleared after each step)."""
-
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8):
-        self.params, self.lr, (self.b1, self.b2), self.eps, self.t = params, lr, betas, eps, 0
-        self.m = [p.value * 0.0 for p in params]
-        self.v = [p.value * 0.0 for p in params]
-
-    def step(self):
-        xp = backends.current().xp
-        self.t += 1
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            g = ad.as_tensor(p.grad).value
-            self.m[i] = self.b1 * self.m[i] + (1 - self.b1) * g
-            self.v[i] = self.b2 * self.v[i] + (1 - self.b2) * g * g
-            m_hat = self.m[i] / (1 - self.b1 ** self.t)
-            v_hat = self.v[i] / (1 - self.b2 ** self.t)
-            p.value = p.value - self.lr * m_hat / (xp.sqrt(v_hat) + self.eps)
-            p.grad = None
 
 
 def bounds(steps: tuple, shape: tuple, input_lower: Tensor, input_upper: Tensor):
