@@ -278,3 +278,13 @@ def test_an_overflowing_intermediate_sum_is_never_verified(layer, domain):
     assert not np.all(np.isfinite(y32))  # the float32 execution overflows
     assert certify(net, x, [0], 0.0, domain=domain, clip=None, execution="float32").verdicts[0] != "verified"
     assert certify(net, x, [0], 0.0, domain=domain, clip=None, execution="float64").verdicts[0] == "verified"
+
+
+def test_verify_says_unknown_for_parameters_outside_the_execution_range():
+    """A float32 file with a subnormal weight (the fp fuzz family makes them): no proof and no crash, `unknown`
+    naming the reason; in float64 executions the same net is decided."""
+    net = nn.Sequential(_linear([[1e-40]], [0.0]), _linear([[1.0], [0.0]], [0.0, 1.0]))
+    unsafe = [(np.array([0.0]), np.array([1.0]), [(np.array([[1.0, -1.0]]), np.array([0.0]))])]  # y0 <= y1
+    outcome = verify(net, unsafe, execution="float32")
+    assert outcome.status == "unknown" and "smallest normal" in outcome.message
+    assert verify(net, unsafe, execution="float64").status == "sat"
