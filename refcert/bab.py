@@ -4,7 +4,7 @@ Two ways to split, one loop (``_search``): a queue of subproblems, bounded a bat
 abstract run for the whole batch, which is where a GPU pays), pruned when a sound lower bound puts a row
 of C·y outside the unsafe set (``refuted``), split in two otherwise.  An attack (``attack(lower, upper)``,
 PGD re-checked exactly by the caller, who decides how often it runs) gets the whole box each round (ReLU
-splitting) or the first open piece (input splitting).
+splitting) or the most promising open piece (input splitting: pieces are taken smallest parent margin first).
 
 * **ReLU splitting** (``relu_split``; Bunel et al., JMLR'20; β-CROWN, Wang et al., NeurIPS'21): a
   subproblem fixes some crossing ReLUs active (x ≥ 0) or inactive (x ≤ 0).  Its bound is α-CROWN's on the
@@ -24,6 +24,7 @@ subproblems or the deadline (``time.monotonic()``) runs out.  Proofs: proofs/bab
 """
 from __future__ import annotations
 
+import heapq
 import math
 import time
 
@@ -128,19 +129,20 @@ def _scores(record, relus, intercept, splits, crossing, n):
 
 
 def input_split(net64, lower, upper, C, refuted, deadline=math.inf, attack=None, batch=BATCH,
-                max_subproblems=MAX_SUBPROBLEMS):
-    """Input-box branch and bound (lower, upper: (1, *shape)); see the module docstring."""
-    queue = [(lower, upper)]
-    done = 0
+                max_subproblems=MAX_SUBPROBLEMS, goal=None):
+    """Input-box branch and bound (lower, upper: (1, *shape)); see the module docstring.  With ``goal`` (per
+    row of C, the value a lower bound must pass to refute) the open pieces are taken most promising first —
+    the smallest best margin max_i (bound_i − goal_i) of their parent — and the attack gets the first."""
+    queue = [(0.0, 0, lower, upper)]  # (parent's margin, tie-break, lo, hi): a heap
+    done = count = 0
     while queue:
         if time.monotonic() > deadline or done >= max_subproblems:
             return "unknown", None
-        take, queue = queue[:batch], queue[batch:]
-        lo = np.concatenate([piece[0] for piece in take])
-        hi = np.concatenate([piece[1] for piece in take])
+        take = [heapq.heappop(queue) for _ in range(min(batch, len(queue)))]
+        lo = np.concatenate([piece[2] for piece in take])
+        hi = np.concatenate([piece[3] for piece in take])
         if attack is not None:
-            worst = take[0]
-            point = attack(*worst)
+            point = attack(take[0][2], take[0][3])
             if point is not None:
                 return "sat", point
         element = _element(net64, lo, hi, C)
@@ -151,6 +153,8 @@ def input_split(net64, lower, upper, C, refuted, deadline=math.inf, attack=None,
         if open_.size == 0:
             continue
         influence = _influence(net64, (lo[open_] + hi[open_]) / 2, C) * (hi[open_] - lo[open_]).reshape(open_.size, -1)
+        margins = np.zeros(len(take)) if goal is None else np.max(low - np.asarray(goal, dtype=np.float64), axis=1)
+        margins = np.nan_to_num(margins, nan=-np.inf)  # a NaN bound: look there first
         for j, i in enumerate(open_):
             k = int(np.argmax(influence[j]))
             width = (hi[i].reshape(-1))[k] - (lo[i].reshape(-1))[k]
@@ -159,7 +163,9 @@ def input_split(net64, lower, upper, C, refuted, deadline=math.inf, attack=None,
             middle = lo[i].reshape(-1)[k] + width / 2
             left_hi, right_lo = hi[i:i + 1].copy().reshape(-1), lo[i:i + 1].copy().reshape(-1)
             left_hi[k], right_lo[k] = middle, middle
-            queue += [(lo[i:i + 1], left_hi.reshape(hi[i:i + 1].shape)), (right_lo.reshape(lo[i:i + 1].shape), hi[i:i + 1])]
+            for piece in ((lo[i:i + 1], left_hi.reshape(hi[i:i + 1].shape)), (right_lo.reshape(lo[i:i + 1].shape), hi[i:i + 1])):
+                count += 1
+                heapq.heappush(queue, (float(margins[i]), count, *piece))
     return "unsat", None
 
 

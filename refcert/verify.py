@@ -387,7 +387,7 @@ def _search(net64, open_units, deadline, complete, rng, check, prove, outcome, a
 
         def attack(lower, upper, unit=unit):
             rounds[0] += 1
-            if rounds[0] % 4 != 2:  # the attack has run on the whole box already; now and then again
+            if rounds[0] % 4 != 2:  # now and then: on the whole box (ReLU splits), the most promising piece (inputs)
                 return None
             piece = dataclasses.replace(unit, lower=lower, upper=upper)
             for point in _pgd(net64, piece, max(int(attack_steps) // 2, 1), 2, rng, deadline):
@@ -397,7 +397,7 @@ def _search(net64, open_units, deadline, complete, rng, check, prove, outcome, a
             return None
         method = bab.input_split if unit.lower.size <= INPUT_SPLIT_DIMS else bab.relu_split
         status, found = method(net64, unit.lower, unit.upper, unit.C, refuted, deadline, attack,
-                               **({"goal": unit.spec.d_upper} if method is bab.relu_split else {}))
+                               goal=unit.spec.d_upper)
         if status == "sat":
             return outcome("sat", "an attack inside branch and bound found a counterexample", found)
         if status == "unsat":
