@@ -114,27 +114,42 @@ def test_relu_split_needs_splits_and_beta_where_one_bound_is_not_enough():
     assert status == "unsat"
 
 
-def _pre_activations(net, x):
-    """The inputs of every ReLU layer of a Sequential net (no residual) at points x, in order."""
-    found = []
+def _pre_activations(module, value, found):
+    """Run ``module`` on points ``value``, appending the input of every ReLU layer to ``found`` in the order the
+    interpreter meets them (a residual block before its shortcut); returns the output."""
+    if module.structure == "sequential":
+        for layer in module.layers:
+            value = _pre_activations(layer, value, found)
+        return value
+    if module.structure == "residual":
+        block = _pre_activations(module.block, value, found)
+        return block + (value if module.shortcut is None else _pre_activations(module.shortcut, value, found))
+    if module.op == "relu":
+        found.append(value.reshape(value.shape[0], -1))
     with no_grad():
-        value = np.asarray(x, dtype=np.float64)
-        for layer in net.layers:
-            if layer.op == "relu":
-                found.append(value.reshape(value.shape[0], -1))
-            value = layer(value).numpy()
+        return module(value).numpy()
+
+
+def _relu_steps(steps):
+    """Every ReLU step (crossing or not) in back-substitution's visiting order: depth first, block first."""
+    from refcert.domains.backsub import RelaxStep, ResidualStep
+    found = []
+    for step in steps:
+        if isinstance(step, ResidualStep):
+            found += _relu_steps(step.block) + _relu_steps(step.shortcut)
+        elif isinstance(step, RelaxStep) and step.crossing is not None:
+            found.append(step)
     return found
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
-@given(networks(activations=("relu",), residual=False, max_depth=3), st.data())
+@given(networks(activations=("relu",), max_depth=3), st.data())
 def test_every_split_subproblem_bound_holds_on_its_subdomain(drawn, data):
     """A batch of random split assignments, α and β optimised hard: for every sampled point that satisfies a
     subproblem's split constraints, C·y is at least that subproblem's bound (zero tolerance beyond float64
     evaluation order)."""
     from refcert.autodiff import Tensor
     from refcert.backends import current
-    from refcert.domains.backsub import RelaxStep
     net, shape = drawn
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
     centre, radius = rng.uniform(-1, 1, (1,) + tuple(shape)), data.draw(st.sampled_from([0.2, 0.5, 1.0]))
@@ -143,7 +158,7 @@ def test_every_split_subproblem_bound_holds_on_its_subdomain(drawn, data):
     C = rng.normal(size=(2, n_out))
     root = bab._element(net, lower, upper, C)
     steps = alpha.constant_steps(root.steps)
-    relu_layers = [s for s in steps if isinstance(s, RelaxStep) and s.crossing is not None]
+    relu_layers = _relu_steps(steps)
     crossing_layers = [i for i, s in enumerate(relu_layers) if np.any(s.crossing)]
     assume(crossing_layers)
     batch = 6
@@ -157,7 +172,9 @@ def test_every_split_subproblem_bound_holds_on_its_subdomain(drawn, data):
                              splits=[current().asarray(s) for s in splits], batch=batch).numpy()
     points = sample_points(lower, upper, rng, count=1024)[:, 0]
     values = _outputs(net, points) @ C.T                                   # (count, 2)
-    pre = _pre_activations(net, points)
+    pre = []
+    _pre_activations(net, np.asarray(points, dtype=np.float64), pre)
+    assert len(pre) == len(relu_layers)
     for b in range(batch):
         inside = np.ones(len(points), dtype=bool)
         for k, i in enumerate(crossing_layers):
