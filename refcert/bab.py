@@ -125,7 +125,7 @@ def _scores(record, relus, intercept, splits, crossing, n):
             value = float(flat[i, int(top[i])])
             if value >= 0 and value > best[i][0]:
                 best[i] = (value, (k, int(top[i])))
-    return [None if b is None else b for _, b in best]
+    return [choice for _, choice in best]
 
 
 def input_split(net64, lower, upper, C, refuted, deadline=math.inf, attack=None, batch=BATCH,

@@ -41,7 +41,7 @@ def run(fn, items, *, shared=None, workers: int | None = None, scheduler: str | 
         ref = client.scatter(shared, broadcast=True) if shared is not None else None
         futures = {client.submit(fn, ref, payload, key=f"refcert-{what}-{key}-{time.time_ns()}", pure=False,
                                  retries=RETRIES): key for key, payload in todo}
-        bar = _bar(len(todo), what, client) if progress else None
+        bar = _bar(len(todo), what) if progress else None
         try:
             for future in distributed.as_completed(futures):
                 key = futures[future]
@@ -98,7 +98,7 @@ class _client:
         return False
 
 
-def _bar(total, what, client):
+def _bar(total, what):
     try:
         from tqdm import tqdm
     except ModuleNotFoundError:

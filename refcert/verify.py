@@ -135,11 +135,12 @@ def _units(net64, disjuncts, shape) -> list:
     return units
 
 
-def _refuted(unit: _Unit, lower: np.ndarray) -> bool:
-    """Does a sound lower bound of C y (per row) put some exact row outside the unsafe set?"""
+def _refuted(unit: _Unit, lower: np.ndarray) -> np.ndarray:
+    """Does a sound lower bound of C y (per row) put some exact row outside the unsafe set?  lower: (rows,)
+    gives a bool, (B, rows) — a batch of subproblems, branch and bound's — one bool per subproblem."""
     spec = unit.spec
-    above = np.where(spec.strict, lower >= spec.d_upper, lower > spec.d_upper)
-    return bool(np.any(above & spec.exact_rows))
+    above = np.where(spec.strict, lower >= np.asarray(spec.d_upper), lower > np.asarray(spec.d_upper))
+    return np.any(above & np.asarray(spec.exact_rows), axis=-1)
 
 
 def _inner_box(unit: _Unit, dtype: str):
@@ -382,7 +383,7 @@ def _search(net64, open_units, deadline, complete, rng, check, prove, outcome, a
     undecided = []
     for unit in open_units:
         _on_time(deadline, "during branch and bound")
-        refuted = partial(_refuted_rows, unit)
+        refuted = partial(_refuted, unit)
         rounds = [0]
 
         def attack(lower, upper, unit=unit):
@@ -428,11 +429,3 @@ def _search(net64, open_units, deadline, complete, rng, check, prove, outcome, a
     if undecided:
         return outcome("unknown", f"{len(undecided)} disjunct(s) undecided: {undecided[0]}")
     return outcome("unsat", "every disjunct proved infeasible")
-
-
-def _refuted_rows(unit: _Unit, lower: np.ndarray) -> np.ndarray:
-    """``_refuted`` for a batch of subproblems: lower (B, rows) -> (B,) bool."""
-    spec = unit.spec
-    d = np.asarray(spec.d_upper, dtype=np.float64)
-    above = np.where(spec.strict, lower >= d, lower > d)
-    return np.any(above & np.asarray(spec.exact_rows), axis=1)

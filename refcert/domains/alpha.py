@@ -179,14 +179,7 @@ def optimize(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Tensor
 
 def bounds(steps: tuple, shape: tuple, input_lower: Tensor, input_upper: Tensor):
     """(lower, upper) of the top layer's neurons (feature ``shape``, batch first), α optimised for each
-    neuron and side: the rows [E; −E] as in ``backsub.bounds`` (upper = −lower of −x)."""
-    xp = backends.current().xp
-    size = math.prod(shape)
-    eye = xp.eye(size, dtype=input_lower.dtype)
-    rows = xp.reshape(xp.concat([eye, -eye]), (1, 2 * size) + tuple(shape))
+    neuron and side: ``backsub.bounds``' rows [E; −E] with ``optimize`` as the lower-bound pass."""
     with ad.no_grad():
-        low = optimize(Tensor(rows), steps, input_lower, input_upper).value
-    batch = low.shape[0]
-    lower = xp.reshape(low[:, :size], (batch,) + tuple(shape))
-    upper = -xp.reshape(low[:, size:], (batch,) + tuple(shape))
-    return Tensor(lower), Tensor(upper)
+        return backsub.bounds(steps, shape, input_lower, input_upper,
+                              lower=lambda lam, steps, lo, hi: optimize(lam, steps, lo, hi))

@@ -289,10 +289,13 @@ def _signed_unit_rows(start: int, stop: int, neurons, n: int, dtype):
     return xp.astype(hit, dtype) * sign[:, None]
 
 
-def bounds(steps: tuple, shape: tuple, input_lower: Tensor, input_upper: Tensor, neurons=None):
+def bounds(steps: tuple, shape: tuple, input_lower: Tensor, input_upper: Tensor, neurons=None, lower=None):
     """(lower, upper) of the top layer's neurons (feature ``shape``): one lower pass over the rows [E; −E]
     (upper = −lower of −x), in chunks of rows to bound the memory of lam.  ``neurons``: flat indices of
-    the neurons wanted (backend int array; default all) — results are then (batch, m), else (batch, *shape)."""
+    the neurons wanted (backend int array; default all) — results are then (batch, m), else (batch, *shape).
+    ``lower``: the lower-bound pass, (lam, steps, input_lower, input_upper) -> (batch, rows); default
+    ``lower_bounds`` (alpha-crown passes its optimised one)."""
+    lower = lower_bounds if lower is None else lower
     xp = backends.current().xp
     n = _size(shape)
     batch = input_lower.shape[0]
@@ -303,7 +306,7 @@ def bounds(steps: tuple, shape: tuple, input_lower: Tensor, input_upper: Tensor,
     for start in range(0, 2 * m, chunk):
         rows = _signed_unit_rows(start, min(start + chunk, 2 * m), selected, n, input_lower.dtype)
         rows = xp.reshape(rows, (1, -1) + tuple(shape))
-        pieces.append(lower_bounds(Tensor(rows), steps, input_lower, input_upper))
+        pieces.append(lower(Tensor(rows), steps, input_lower, input_upper))
     low = pieces[0] if len(pieces) == 1 else ad.concatenate(pieces, axis=1)  # (batch, 2m)
     lower = ad.getitem(low, index=(slice(None), slice(0, m)))
     upper = -ad.getitem(low, index=(slice(None), slice(m, 2 * m)))
