@@ -23,8 +23,9 @@ import sys
 import time
 
 RETRIES = 3
-#: the thread counts set for worker processes of a LocalCluster (they inherit this process's environment)
-ONE_THREAD = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: the variables that set a BLAS library's thread count: set to 1 for a LocalCluster's worker processes
+#: (they inherit this process's environment) unless the user set them; ``refcert demo`` checks them too
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def run(fn, items, *, shared=None, workers: int | None = None, scheduler: str | None = None, done=(),
@@ -84,7 +85,7 @@ class _client:
         if self.address is not None:
             self.cluster, self.client = None, d.Client(self.address, timeout="30s")
             return self.client
-        for name in ONE_THREAD:
+        for name in THREAD_VARIABLES:
             os.environ.setdefault(name, "1")
         self.cluster = d.LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
                                       dashboard_address=None, silence_logs=40)

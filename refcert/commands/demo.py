@@ -35,6 +35,7 @@ import refcert
 from refcert import attacks, datasets, domains, generative, models, runs
 from refcert.certify import certify
 from refcert.io.npz import atomic_write
+from refcert.parallel import THREAD_VARIABLES
 from refcert.train import TrainConfig, accuracy, train
 
 TABLE_DOMAINS = ("box", "deepzono", "deeppoly")
@@ -188,7 +189,7 @@ def earlier_demo(out: pathlib.Path) -> list[str]:
 def one_blas_thread():
     """OpenBLAS limited to one thread in the body, unless the user set a thread count in the environment
     (threadpoolctl when installed, else OpenBLAS's own setter in the loaded library; no-op elsewhere)."""
-    if any(os.environ.get(name) for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+    if any(os.environ.get(name) for name in THREAD_VARIABLES):
         yield
         return
     try:
