@@ -146,11 +146,11 @@ def _relu_steps(steps):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
-@given(networks(activations=("relu",), max_depth=3), st.data())
+@given(networks(activations=("relu", "relu", "sigmoid", "tanh"), max_depth=3), st.data())
 def test_every_split_subproblem_bound_holds_on_its_subdomain(drawn, data):
-    """A batch of random split assignments, α and β optimised hard: for every sampled point that satisfies a
-    subproblem's split constraints, the real network's C·y (exact arithmetic) is at least that subproblem's
-    bound, with zero tolerance."""
+    """A batch of random split assignments, α, β and the σ/tanh slopes optimised hard: for every sampled point
+    that satisfies a subproblem's split constraints, the real network's C·y (exact arithmetic; mpmath
+    enclosures for σ and tanh) is at least that subproblem's bound, with zero tolerance."""
     from refcert.autodiff import Tensor
     from refcert.backends import current
     net, shape = drawn
@@ -174,8 +174,10 @@ def test_every_split_subproblem_bound_holds_on_its_subdomain(drawn, data):
         low = alpha.optimize(Tensor(np.eye(2)[None]), steps, root.input_lower, root.input_upper,
                              splits=[current().asarray(s) for s in splits], batch=batch).numpy()
     points = sample_points(lower, upper, rng, count=128)[:, 0]
-    exact = fx.exact_forward(net, points).lo.reshape(len(points), -1)      # Fractions: the real network
-    values = exact @ np.array([[Fraction(float(c)) for c in row] for row in C]).T   # (count, 2), exact
+    exact = fx.exact_forward(net, points)                                  # Fractions: the real network
+    lo, hi = exact.lo.reshape(len(points), -1), exact.hi.reshape(len(points), -1)
+    weights = np.array([[Fraction(float(c)) for c in row] for row in C]).T
+    values = lo @ np.maximum(weights, 0) + hi @ np.minimum(weights, 0)    # (count, 2): ≤ the real C·y
     pre = []
     _pre_activations(net, np.asarray(points, dtype=np.float64), pre)
     assert len(pre) == len(relu_layers)

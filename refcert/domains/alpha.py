@@ -8,6 +8,8 @@ the bound is a differentiable function of α (refcert's own autodiff), and *ever
 so stopping early — at the iteration budget or the deadline — is always sound, and the best bound seen
 per row is kept.  The intermediate bounds (which decide which neurons cross and the upper chords) stay
 DeepPoly's.  Starting from DeepPoly's α and keeping the best, the result is never looser than DeepPoly.
+Sigmoid and tanh (α-CROWN's tangent points): both lines of every neuron with l < u get a free slope per row,
+clipped to [min f', max f'] on [l, u], and the tightest sound offset for that slope (``curves.py``).
 
 Branch and bound (``refcert.bab``) passes ``splits``: per crossing ReLU an int8 array (batch, *shape)
 with +1 (the neuron is active on this subdomain: x ≥ 0, so relu(x) = x), −1 (inactive: x ≤ 0, relu = 0)
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from refcert import autodiff as ad
 from refcert import backends
 from refcert.autodiff import Tensor
-from refcert.domains import backsub
+from refcert.domains import backsub, curves
 from refcert.domains.backsub import AffineStep, RelaxStep, ResidualStep
 from refcert.optim import Adam
 
@@ -82,6 +84,15 @@ def constant_steps(steps: tuple) -> tuple:
     return tuple(out)
 
 
+def _is_relu(step) -> bool:
+    return (isinstance(step, RelaxStep) and step.crossing is not None
+            and bool(backends.current().xp.any(step.crossing)))
+
+
+def _is_curve(step) -> bool:
+    return isinstance(step, RelaxStep) and step.curve is not None and bool(backends.current().xp.any(step.curve.free))
+
+
 def relu_steps(steps: tuple) -> list:
     """The ReLU steps with a crossing neuron, in the order ``map_relu_steps`` visits them."""
     found = []
@@ -89,9 +100,10 @@ def relu_steps(steps: tuple) -> list:
     return found
 
 
-def map_relu_steps(steps: tuple, change) -> tuple:
-    """``steps`` with every ReLU step that has a crossing neuron replaced by change(step, k), k counting
-    them in a fixed order (depth first, residual block before shortcut)."""
+def map_relu_steps(steps: tuple, change, wanted=_is_relu) -> tuple:
+    """``steps`` with every ReLU step that has a crossing neuron (or, with ``wanted``, every such step)
+    replaced by change(step, k), k counting them in a fixed order (depth first, residual block before
+    shortcut)."""
     count = [0]
 
     def walk(steps):
@@ -99,13 +111,43 @@ def map_relu_steps(steps: tuple, change) -> tuple:
         for step in steps:
             if isinstance(step, ResidualStep):
                 step = dataclasses.replace(step, block=walk(step.block), shortcut=walk(step.shortcut))
-            elif (isinstance(step, RelaxStep) and step.crossing is not None
-                  and bool(backends.current().xp.any(step.crossing))):
+            elif wanted(step):
                 step = change(step, count[0])
                 count[0] += 1
             out.append(step)
         return tuple(out)
     return walk(steps)
+
+
+def curve_steps(steps: tuple) -> list:
+    """The σ and tanh steps with a free neuron (``curves.Curve``), in the order ``map_relu_steps`` visits."""
+    found = []
+    map_relu_steps(steps, lambda step, k: found.append(step) or step, wanted=_is_curve)
+    return found
+
+
+def _with_curve_lines(step: RelaxStep, lower: Tensor, upper: Tensor) -> RelaxStep:
+    """The σ/tanh step with per-row slopes ``lower``, ``upper`` on its free neurons and the sound offsets of
+    ``curves`` for them (gradient: Danskin's, −the touching point); where a slope is still DeepPoly's, the
+    tighter of the two offsets (both are sound).  An offset outside the slack's range |b| ≤ ``limit``
+    (proof §4 shows none is) becomes ∓∞, which can only make the bound −∞ or NaN: never a refutation."""
+    xp = backends.current().xp
+    c = step.curve
+    rows = backsub._with_rows_axis
+    l, u, limit = rows(c.lower), rows(c.upper), rows(c.limit).value
+    free = xp.reshape(c.free, (c.free.shape[0], 1) + tuple(c.free.shape[1:]))
+    b, x_b = curves.lower_offset(c.name, ad.constant(lower.value), l, u)
+    B, x_B = curves.upper_offset(c.name, ad.constant(upper.value), l, u)
+    b = xp.where(lower.value == rows(step.lower_slope).value, xp.maximum(b.value, rows(step.lower_offset).value), b.value)
+    B = xp.where(upper.value == rows(step.upper_slope).value, xp.minimum(B.value, rows(step.upper_offset).value), B.value)
+    b = xp.where(xp.abs(b) <= limit, b, -xp.inf)
+    B = xp.where(xp.abs(B) <= limit, B, xp.inf)
+    b = ad.constant(b) + (lower - ad.constant(lower.value)) * ad.constant(-x_b.value)
+    B = ad.constant(B) + (upper - ad.constant(upper.value)) * ad.constant(-x_B.value)
+    return dataclasses.replace(step, lower_slope=ad.where(free, lower, rows(step.lower_slope)),
+                               lower_offset=ad.where(free, b, rows(step.lower_offset)),
+                               upper_slope=ad.where(free, upper, rows(step.upper_slope)),
+                               upper_offset=ad.where(free, B, rows(step.upper_offset)))
 
 
 def _with_lines(step: RelaxStep, alpha: Tensor, split, beta: Tensor | None) -> RelaxStep:
@@ -139,17 +181,20 @@ def optimize(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Tensor
     Tensor; its entries are each the best bound over the iterations, each one sound."""
     conf = settings()
     steps = constant_steps(steps)
-    relus = relu_steps(steps)
+    relus, curved = relu_steps(steps), curve_steps(steps)
     lam = ad.constant(lam.value)
     n = batch or max(lam.shape[0], input_lower.shape[0])
     rows = lam.shape[1]
     xp = backends.current().xp
-    alphas = [Tensor(xp.broadcast_to(backsub._with_rows_axis(step.lower_slope).value,
-                                     (n, rows) + tuple(step.lower_slope.shape[1:])) + 0.0, requires_grad=True)
-              for step in relus]
+    per_row = lambda t: xp.broadcast_to(backsub._with_rows_axis(t).value, (n, rows) + tuple(t.shape[1:])) + 0.0
+    alphas = [Tensor(per_row(step.lower_slope), requires_grad=True) for step in relus]
     betas = [] if splits is None else [Tensor(xp.zeros((n, rows) + tuple(step.lower_slope.shape[1:]),
                                                        dtype=lam.dtype), requires_grad=True) for step in relus]
-    params = alphas + betas
+    ranges = [(backsub._with_rows_axis(s.curve.least).value, backsub._with_rows_axis(s.curve.most).value)
+              for s in curved]
+    slopes = [Tensor(xp.clip(per_row(getattr(s, side)), lo, hi), requires_grad=True)
+              for s, (lo, hi) in zip(curved, ranges) for side in ("lower_slope", "upper_slope")]
+    params = alphas + betas + slopes
     optimizer = Adam(params, lr=conf.lr) if params else None
     best = None
     for iteration in range(conf.iterations + 1):
@@ -157,13 +202,15 @@ def optimize(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Tensor
                                               None if splits is None else betas[k]))
         trial = []
         with ad.enable_grad():
-            bound = backsub.lower_bounds(lam, map_relu_steps(steps, change), input_lower, input_upper,
-                                         None if record is None else trial)
-            value = bound.value
+            moved = map_relu_steps(steps, change)
+            moved = map_relu_steps(moved, lambda step, k: _with_curve_lines(step, slopes[2 * k], slopes[2 * k + 1]),
+                                   wanted=_is_curve)
+            bound = backsub.lower_bounds(lam, moved, input_lower, input_upper, None if record is None else trial)
+            value = xp.where(xp.isnan(bound.value), -xp.inf, bound.value)  # NaN: no bound (never refutes)
             if best is None or bool(xp.any(value > best)):
                 if record is not None:
                     record[:] = [(step, ad.constant(l.value)) for step, l in trial]
-                best = value if best is None else xp.where(value > best, value, best)  # NaN never wins
+                best = value if best is None else xp.where(value > best, value, best)
             if (iteration == conf.iterations or not params or time.monotonic() > conf.deadline
                     or (goal is not None and bool(xp.all(xp.any(best > goal, axis=1))))):
                 break
@@ -174,6 +221,8 @@ def optimize(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Tensor
             a.value = xp.clip(a.value, 0.0, 1.0)
         for b in betas:
             b.value = xp.maximum(b.value, 0.0)
+        for k, s in enumerate(slopes):
+            s.value = xp.clip(s.value, *ranges[k // 2])
     return ad.constant(best)
 
 

@@ -27,6 +27,7 @@ bounds).  Proof: proofs/deeppoly.md §1, §5.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from refcert import autodiff as ad
@@ -55,7 +56,9 @@ class RelaxStep:
     ``crossing``: for a ReLU, the backend bool array (batch, *shape) of neurons with l < 0 < u (whose lower
     slope α-CROWN may choose in [0, 1]); None for other functions.  ``beta``, ``sign``: split constraints
     sign·x ≥ 0 (sign ±1, 0 where the neuron is not split; (batch, 1, *shape)) with their multipliers
-    β ≥ 0 (batch, rows, *shape), as branch and bound adds them (β-CROWN; proofs/bab.md)."""
+    β ≥ 0 (batch, rows, *shape), as branch and bound adds them (β-CROWN; proofs/bab.md).  ``curve``: for σ
+    and tanh in the alpha-crown domain, a ``curves.Curve`` (whose lines α-CROWN may move; their offsets
+    then also carry the rows axis)."""
     lower_slope: Tensor
     lower_offset: Tensor
     upper_slope: Tensor
@@ -65,6 +68,7 @@ class RelaxStep:
     crossing: object = None
     beta: Tensor | None = None
     sign: object = None
+    curve: object = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,10 @@ def _through_affine(lam: Tensor, step: AffineStep):
 
 
 def _dot_features(lam: Tensor, v: Tensor) -> Tensor:
-    """Σ_features lam·v as one matrix product: lam (batch', rows, *shape), v (batch, *shape) -> (batch, rows)."""
+    """Σ_features lam·v as one matrix product: lam (batch', rows, *shape), v (batch, *shape) -> (batch, rows);
+    a v with lam's rows axis (per-row offsets, α-CROWN's curves) is multiplied and summed row by row."""
+    if v.ndim == lam.ndim:
+        return ad.sum(ad.reshape(lam * v, shape=(-1, lam.shape[1], math.prod(lam.shape[2:]))), axis=2)
     flat = ad.reshape(lam, shape=(lam.shape[0], lam.shape[1], -1))
     return ad.reshape(ad.matmul(flat, ad.reshape(v, shape=(v.shape[0], -1, 1))), shape=(-1, lam.shape[1]))
 

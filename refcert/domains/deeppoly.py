@@ -34,7 +34,7 @@ import numpy as np
 from refcert import autodiff as ad
 from refcert import backends, domains, fp
 from refcert.autodiff import Tensor
-from refcert.domains import alpha, backsub, box, point
+from refcert.domains import alpha, backsub, box, curves, point
 from refcert.domains.backsub import AffineStep, MaxPoolStep, RelaxStep, ResidualStep
 
 DEEPPOLY, CROWN_IBP, ALPHA = "deeppoly", "crown-ibp", "alpha-crown"
@@ -297,19 +297,25 @@ def permute(x: DeepPoly, **params) -> DeepPoly:
     return _push(x, step, box.permute(_box(x), **params), backsubstitute=False)
 
 
-def _relaxed(x: DeepPoly, step: RelaxStep) -> RelaxStep:
+def _relaxed(x: DeepPoly, step: RelaxStep, curve: str | None = None) -> RelaxStep:
     """The step with its slack: substituting lam through the lines costs γ·|lam|((2|a_u| + |a_l|) M) in the
     coefficients and γ·|lam|(2|b_u| + |b_l|) in the constant (proofs/floating_point.md §5).  For alpha-crown
     a crossing ReLU's slopes may become any α ∈ [0, 1] (and 1 or 0 both, when branch and bound splits it),
-    so its slack is taken for |a_u|, |a_l| ≤ 1: 2 + 1 (proofs/alpha_crown.md §3)."""
+    so its slack is taken for |a_u|, |a_l| ≤ 1: 2 + 1 (proofs/alpha_crown.md §3); a σ or tanh step (``curve``
+    names it) gets its ``curves.Curve`` and the slack of any slope ≤ ``most`` and offset ≤ ``limit`` (§4)."""
+    if x.domain == ALPHA and curve is not None:
+        step = dataclasses.replace(step, curve=curves.curve(curve, x.lower, x.upper))
     if not fp.policy().sound:
         return step
     xp = backends.current().xp
     slopes = 2.0 * xp.abs(step.upper_slope.value) + xp.abs(step.lower_slope.value)
+    offsets = 2.0 * xp.abs(step.upper_offset.value) + xp.abs(step.lower_offset.value)
     if x.domain == ALPHA and step.crossing is not None:
         slopes = xp.where(step.crossing, 3.0, slopes)
-    offsets = ad.constant(2.0 * xp.abs(step.upper_offset.value) + xp.abs(step.lower_offset.value))
-    errors = _errors(x, lambda m: ad.constant(slopes * m.value), 3, constant=offsets, executes=False)
+    if step.curve is not None:
+        slopes = xp.where(step.curve.free, 3.0 * step.curve.most.value, slopes)
+        offsets = xp.where(step.curve.free, 3.0 * step.curve.limit.value, offsets)
+    errors = _errors(x, lambda m: ad.constant(slopes * m.value), 3, constant=ad.constant(offsets), executes=False)
     return dataclasses.replace(step, **errors)
 
 
@@ -320,12 +326,12 @@ def relu(x: DeepPoly) -> DeepPoly:
 
 def sigmoid(x: DeepPoly) -> DeepPoly:
     x = _refine(x, everywhere=True)
-    return _push(x, _relaxed(x, sigmoid_lines(x.lower, x.upper)), box.sigmoid(_box(x)), backsubstitute=False)
+    return _push(x, _relaxed(x, sigmoid_lines(x.lower, x.upper), "sigmoid"), box.sigmoid(_box(x)), backsubstitute=False)
 
 
 def tanh(x: DeepPoly) -> DeepPoly:
     x = _refine(x, everywhere=True)
-    return _push(x, _relaxed(x, tanh_lines(x.lower, x.upper)), box.tanh(_box(x)), backsubstitute=False)
+    return _push(x, _relaxed(x, tanh_lines(x.lower, x.upper), "tanh"), box.tanh(_box(x)), backsubstitute=False)
 
 
 def max_pool2d(x: DeepPoly, *, kernel_size: int, stride: int, padding: int = 0) -> DeepPoly:
