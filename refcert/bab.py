@@ -2,9 +2,10 @@
 
 Two ways to split, one loop (``_search``): a queue of subproblems, bounded a batch at a time (one
 abstract run for the whole batch, which is where a GPU pays), pruned when a sound lower bound puts a row
-of C·y outside the unsafe set (``refuted``), split in two otherwise.  An attack (``attack(lower, upper)``,
-PGD re-checked exactly by the caller, who decides how often it runs) gets the whole box each round (ReLU
-splitting) or the most promising open piece (input splitting: pieces are taken smallest parent margin first).
+of C·y outside the unsafe set (``refuted``), split in two otherwise.  An attack (``attack(lower, upper,
+starts)``, PGD re-checked exactly by the caller, who decides how often it runs) gets the whole box each round
+with ``starts`` at the corners where the most promising subproblems' relaxed bounds are reached (ReLU
+splitting), or the most promising open piece (input splitting: pieces are taken smallest parent margin first).
 
 * **ReLU splitting** (``relu_split``; Bunel et al., JMLR'20; β-CROWN, Wang et al., NeurIPS'21): a
   subproblem fixes some crossing ReLUs active (x ≥ 0) or inactive (x ≤ 0).  Its bound is α-CROWN's on the
@@ -34,6 +35,7 @@ from refcert import autodiff as ad
 from refcert import backends, domains, interpret, nn
 from refcert.autodiff import Tensor
 from refcert.domains import alpha
+from refcert.domains.backsub import RelaxStep
 from refcert.spec import through
 
 BATCH = 32            # subproblems bounded together
@@ -70,12 +72,12 @@ def relu_split(net64, lower, upper, C, refuted, deadline=math.inf, attack=None, 
     crossing = [xp.reshape(step.crossing, (1,) + shape) for step, shape in zip(relus, shapes)]
     intercept = [xp.where(step.crossing, step.upper_offset.value, 0.0) for step in relus]  # u(−l)/(u − l)
     queue = [[xp.zeros((1,) + shape, dtype=xp.int8) for shape in shapes]]  # one subproblem: no split
-    done = 0
+    done, starts = 0, None
     while queue:
         if time.monotonic() > deadline or done >= max_subproblems:
             return "unknown", None
         if attack is not None:
-            point = attack(lower, upper)
+            point = attack(lower, upper, starts)
             if point is not None:
                 return "sat", point
         take, queue = queue[:batch], queue[batch:]
@@ -91,6 +93,7 @@ def relu_split(net64, lower, upper, C, refuted, deadline=math.inf, attack=None, 
         open_ = ~refuted(low)
         if not open_.any():
             continue
+        starts = _primal_points(record, low, target, open_, root.input_lower, root.input_upper)
         scores = _scores(record, relus, intercept, splits, crossing, len(take))
         for i in np.flatnonzero(open_):
             if scores[i] is None:  # every crossing neuron split and still not refuted: cannot decide here
@@ -105,11 +108,27 @@ def relu_split(net64, lower, upper, C, refuted, deadline=math.inf, attack=None, 
     return "unsat", None
 
 
+def _primal_points(record, low, target, open_, input_lower, input_upper, count=2):
+    """Attack starts from the ``count`` open subproblems closest to a counterexample (smallest best margin
+    max_r (bound_r − goal_r)): the box corner where the relaxed bound of the row hardest to satisfy is
+    reached, where(lam'_r > 0, l, u) (lam' from ``record``'s "input" entry).  None without it."""
+    lam = next((l for step, l in record if isinstance(step, str) and step == "input"), None)
+    if lam is None:
+        return None
+    margin = low if target is None else low - target
+    best = np.max(np.where(np.isnan(margin), np.inf, margin), axis=1)
+    order = [i for i in np.argsort(best) if open_[i]][:count]
+    lam = backends.to_numpy(lam.value)
+    lo, hi = backends.to_numpy(input_lower.value)[0], backends.to_numpy(input_upper.value)[0]
+    rows = np.argmax(np.where(np.isnan(margin), -np.inf, margin), axis=1)
+    return np.stack([np.where(lam[min(i, lam.shape[0] - 1), rows[i]] > 0, lo, hi) for i in order])
+
+
 def _scores(record, relus, intercept, splits, crossing, n):
     """Per subproblem: (layer, flat index) of the free crossing neuron with the largest BaBSR intercept
     score, or None when none is left."""
     xp = backends.current().xp
-    lam_of = {id(step.crossing): lam for step, lam in record}  # steps are rebuilt; their masks are shared
+    lam_of = {id(step.crossing): lam for step, lam in record if isinstance(step, RelaxStep)}  # masks are shared
     best = [(-1.0, None)] * n
     for k, step in enumerate(relus):
         lam = lam_of.get(id(step.crossing))
@@ -142,7 +161,7 @@ def input_split(net64, lower, upper, C, refuted, deadline=math.inf, attack=None,
         lo = np.concatenate([piece[2] for piece in take])
         hi = np.concatenate([piece[3] for piece in take])
         if attack is not None:
-            point = attack(take[0][2], take[0][3])
+            point = attack(take[0][2], take[0][3], None)
             if point is not None:
                 return "sat", point
         element = _element(net64, lo, hi, C)

@@ -238,12 +238,16 @@ def _domain_lower(net64, name, group: list, lower=None, upper=None, deadline=mat
     return np.split(low, np.cumsum([unit.d.size for unit in group])[:-1])
 
 
-def _pgd(net64, unit: _Unit, steps, restarts, rng, deadline) -> np.ndarray:
-    """Points (restarts, *shape) sorted by max_i (C_i y − d_i), lowest first: sign-gradient steps of size
-    2.5·radius/steps projected to the box (the first restart starts at the centre)."""
+def _pgd(net64, unit: _Unit, steps, restarts, rng, deadline, starts=None) -> np.ndarray:
+    """Points (restarts (+ starts), *shape) sorted by max_i (C_i y − d_i), lowest first: sign-gradient steps of
+    size 2.5·radius/steps projected to the box (the first restart starts at the centre, then the given
+    ``starts`` (m, *shape) inside the box, then random points)."""
     lower, upper = unit.lower, unit.upper
     z = lower + rng.random((restarts,) + lower.shape[1:]) * (upper - lower)   # zero-width coordinates too
     z[0] = (lower[0] + upper[0]) / 2
+    if starts is not None and len(starts):
+        z = np.concatenate([z[:1], np.clip(np.asarray(starts, dtype=z.dtype), lower, upper), z[1:]])
+        restarts = z.shape[0]
     alpha = 2.5 * (upper - lower) / 2 / max(steps, 1)
     C, d = Tensor(unit.C.T), Tensor(unit.d)
     best, best_gap = z.copy(), np.full(restarts, np.inf)
@@ -386,12 +390,12 @@ def _search(net64, open_units, deadline, complete, rng, check, prove, outcome, a
         refuted = partial(_refuted, unit)
         rounds = [0]
 
-        def attack(lower, upper, unit=unit):
+        def attack(lower, upper, starts, unit=unit):
             rounds[0] += 1
-            if rounds[0] % 4 != 2:  # now and then: on the whole box (ReLU splits), the most promising piece (inputs)
-                return None
+            if rounds[0] % 4 != 2:  # now and then: on the whole box (ReLU splits: from the most promising
+                return None         # subproblems' bound corners), the most promising piece (inputs)
             piece = dataclasses.replace(unit, lower=lower, upper=upper)
-            for point in _pgd(net64, piece, max(int(attack_steps) // 2, 1), 2, rng, deadline):
+            for point in _pgd(net64, piece, max(int(attack_steps) // 2, 1), 2, rng, deadline, starts):
                 found = check(unit, point)
                 if found is not None:
                     return found

@@ -190,3 +190,27 @@ def test_every_split_subproblem_bound_holds_on_its_subdomain(drawn, data):
             inside &= np.all((sign[None] * pre[i] > 1e-9) | (sign[None] == 0), axis=1)
         bound = [Fraction(float(v)) for v in low[b]]
         assert all(v >= bound[r] for row in values[inside] for r, v in enumerate(row)), (b, inside.sum())
+
+
+@settings(max_examples=15, deadline=None)
+@given(networks(activations=("relu",), max_depth=2), st.data())
+def test_attack_starts_are_where_the_relaxed_bound_is_reached(drawn, data):
+    """``bab._primal_points`` gives, for the most promising subproblem, the box corner minimising the back-
+    substituted linear form of its hardest row: no sampled point of the box gives that form a smaller value."""
+    from refcert.autodiff import Tensor
+    net, shape = drawn
+    lower, upper = data.draw(input_boxes(shape, max_batch=1))
+    n_out = _outputs(net, lower).shape[1]
+    C = np.random.default_rng(0).normal(size=(2, n_out))
+    root = bab._element(net, lower, upper, C)
+    steps = alpha.constant_steps(root.steps)
+    record = []
+    with alpha.use(iterations=3):
+        low = alpha.optimize(Tensor(np.eye(2)[None]), steps, root.input_lower, root.input_upper, record=record).numpy()
+    starts = bab._primal_points(record, low, None, np.ones(low.shape[0], bool), root.input_lower, root.input_upper)
+    lam = next(l for step, l in record if isinstance(step, str)).numpy()[0]     # (rows, *shape)
+    row = int(np.argmax(low[0]))
+    form = lambda x: float(np.sum(lam[row] * x))  # noqa: E731
+    points = sample_points(lower, upper, np.random.default_rng(1))[:, 0]
+    assert starts.shape == (1,) + tuple(lower.shape[1:])
+    assert all(form(starts[0]) <= form(p) + 1e-9 * (1 + abs(form(p))) for p in points)

@@ -242,8 +242,12 @@ def lower_bounds(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Te
     """Lower bounds (batch, rows) of lam·x_top over the input box: substitute to the input, then
     min over the box of lam'·x = Σ max(lam',0)·l + min(lam',0)·u = lam'·u + max(lam',0)·(l − u)
     (proofs/deeppoly.md §1).  Sound policy: minus S (compensated for the rounding of its own sums) and fp's
-    radius of these last sums, rounded down (proofs/floating_point.md §5)."""
+    radius of these last sums, rounded down (proofs/floating_point.md §5).  ``record`` (see ``substitute``)
+    also receives ("input", lam') last: a point of the box where row r's linear form is smallest is
+    where(lam'_r > 0, l, u) (branch and bound starts its attacks there)."""
     lam, c, slack = substitute(lam, steps, record)
+    if record is not None:
+        record.append(("input", lam))
     bound = _dot_features(lam, input_upper) + _dot_features(ad.relu(lam), input_lower - input_upper)
     bound = bound if c is None else bound + c
     if not fp.policy().sound:
