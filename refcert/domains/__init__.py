@@ -1,7 +1,8 @@
 """Abstract domains: each is a table giving every layer op a meaning (DESIGN.md, "Domains").
 
-``get(name)`` returns a ``Domain``: its ``TRANSFORMERS`` table and the two ways to build an input
-set, ``linf_ball(x, eps, clip)`` and ``from_bounds(lower, upper)``.  ``names()`` lists them.
+``get(name)`` returns a ``Domain``: its ``TRANSFORMERS`` table and the ways to build an input set:
+``linf_ball(x, eps, clip)``, ``from_bounds(lower, upper)`` and ``from_affine(A, b, c, lower, upper, shape)``
+(an affine image of a parameter box, for geometric specifications).  ``names()`` lists them.
 Elements name their domain in a ``domain`` field, so the interpreter finds the right table.
 """
 from __future__ import annotations
@@ -10,7 +11,10 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from refcert import autodiff as ad
+from refcert import backends
 
 #: the layer vocabulary every table must cover
 OPS = ("linear", "conv2d", "normalize", "flatten", "permute", "avg_pool2d", "max_pool2d",
@@ -22,6 +26,30 @@ class Domain:
     name: str
     transformers: dict
     from_bounds: Callable  # (lower, upper) Tensors (batch, *shape) -> element
+    affine: Callable | None = None  # a faster ``from_affine`` (same arguments), where a domain has one
+
+    def from_affine(self, A, b, c, lower, upper, shape):
+        """The set {A p + b + c⊙e : p ∈ [lower, upper], e ∈ [−1, 1]ⁿ} per input of the batch, its n features
+        shaped ``shape``: an affine image of a parameter box plus a per-feature error (DeepG's linear pixel
+        bounds, ``refcert.geometric``).  A (batch, n, k), b and c ≥ 0 (batch, n), lower/upper (batch, k),
+        all read as exact reals.  Default: the box of (p, e) through the domain's own ``linear`` transformer
+        with weight [A | diag c] and bias b (a map of reals, never executed: execution 'exact'), then
+        ``permute`` in the identity order to ``shape``; sound because both transformers are."""
+        if self.affine is not None:
+            return self.affine(A, b, c, lower, upper, shape)
+        from refcert import fp
+        xp = backends.current().xp
+        A, b, c, lower, upper = (ad.as_tensor(t) for t in (A, b, c, lower, upper))
+        batch, n, k = A.shape
+        if not bool(xp.all(c.value >= 0)):  # also catches NaN
+            raise ValueError("from_affine needs an error c >= 0 in every feature")
+        weight = ad.concatenate([A, ad.reshape(c, shape=(batch, 1, n)) * xp.eye(n, dtype=c.value.dtype)[None]], axis=2)
+        ones = xp.ones((batch, n), dtype=lower.value.dtype)
+        box = self.from_bounds(ad.concatenate([lower, ad.constant(-ones)], axis=1),
+                               ad.concatenate([upper, ad.constant(ones)], axis=1))
+        with fp.use(execution="exact"):
+            flat = self.transformers["linear"](box, weight=weight, bias=b)
+        return self.transformers["permute"](flat, index=np.arange(n), shape=tuple(shape), in_shape=(n,))
 
     def linf_ball(self, x, eps, clip=(0.0, 1.0)):
         """The L∞ ball of radius ``eps`` around each input of the batch ``x``, intersected with ``clip``,
@@ -46,11 +74,11 @@ class Domain:
 _REGISTRY: dict[str, Domain] = {}
 
 
-def register(name: str, transformers: dict, from_bounds: Callable) -> Domain:
+def register(name: str, transformers: dict, from_bounds: Callable, from_affine: Callable | None = None) -> Domain:
     missing = [op for op in OPS if op not in transformers]
     if missing:
         raise ValueError(f"domain {name!r} lacks transformers for {missing}")
-    _REGISTRY[name] = Domain(name, transformers, from_bounds)
+    _REGISTRY[name] = Domain(name, transformers, from_bounds, from_affine)
     return _REGISTRY[name]
 
 

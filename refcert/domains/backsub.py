@@ -250,19 +250,20 @@ def lower_bounds(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Te
         record.append(("input", lam))
     bound = _dot_features(lam, input_upper) + _dot_features(ad.relu(lam), input_lower - input_upper)
     bound = bound if c is None else bound + c
-    if not fp.policy().sound:
-        return bound
+    if not fp.policy().sound:  # no rounding slack then; an input set's own error (``from_affine``) still counts
+        return bound if slack is None else bound - slack
+    size = _size(input_lower.shape[1:])
+    if slack is not None:  # S's float sums (≤ largest layer + steps roundings) only shrank it; S keeps its
+        slack = fp.compensate(slack, max(size, _largest_layer(steps)) + 2 * _count(steps) + 2)  # gradient
     with ad.no_grad():
         scale = ad.maximum(ad.abs(input_lower), ad.abs(input_upper)) * 3.0
-        size = _size(input_lower.shape[1:])
         last = _dot_features(ad.abs(lam), scale)
         last = last if c is None else last + ad.abs(c)
-        if slack is not None:  # S's float sums (≤ largest layer + steps roundings) only shrank it
-            slack = fp.compensate(slack, max(size, _largest_layer(steps)) + 2 * _count(steps) + 2)
-            last = last + slack
-        error = fp.radius(last, size + 2, execution=None)
         if slack is not None:
-            error = error + slack
+            last = last + ad.constant(slack.value)
+        error = fp.radius(last, size + 2, execution=None)
+    if slack is not None:  # (an input set's error c is part of S: α-CROWN's gradient must see it)
+        error = error + slack
     return fp.down(bound - error)
 
 

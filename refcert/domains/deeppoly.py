@@ -27,6 +27,7 @@ Proofs: proofs/deeppoly.md, proofs/crown_ibp.md, proofs/floating_point.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,27 @@ def from_bounds(lower, upper, *, domain: str) -> DeepPoly:
     lower, upper = ad.as_tensor(lower), ad.as_tensor(upper)
     box.check_bounds(lower, upper, domain)
     return DeepPoly(lower, upper, lower, upper, (), domain)
+
+
+def from_affine(A, b, c, lower, upper, shape, *, domain: str) -> DeepPoly:
+    """``Domain.from_affine``'s set with the parameter box as the input: one affine step x = A p + b whose
+    slack also holds c (lam·x ≥ lam·(A p + b) − |lam|·c for every x of the set: the slack's meaning,
+    proofs/floating_point.md §5), interval bounds widened by c, then the identity permute to ``shape``.
+    The same set as the default construction, without its (n + k)-column weight: back-substitution
+    ends in k parameters instead of n + k.  proofs/geometric.md."""
+    A, b, c = ad.as_tensor(A), ad.as_tensor(b), ad.as_tensor(c)
+    xp = backends.current().xp
+    if not bool(xp.all(c.value >= 0)):  # also catches NaN
+        raise ValueError("from_affine needs an error c >= 0 in every feature")
+    x = from_bounds(lower, upper, domain=domain)
+    with fp.use(execution="exact"):  # the map of reals describing the set, never executed
+        x = linear(x, weight=A, bias=b)
+    step = x.steps[-1]
+    slack = c if step.slack is None else fp.up(step.slack + c)
+    x = dataclasses.replace(x, lower=fp.down(x.lower - c), upper=fp.up(x.upper + c),
+                            steps=x.steps[:-1] + (dataclasses.replace(step, slack=slack),))
+    n = A.shape[1]
+    return permute(x, index=np.arange(n), shape=tuple(shape), in_shape=(n,))
 
 
 # --- relaxations: per-neuron lines a_l·x + b_l ≤ f(x) ≤ a_u·x + b_u on [l, u] ------------------------
@@ -371,6 +393,6 @@ TRANSFORMERS = {
     "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "add": add,
 }
 
-domains.register(DEEPPOLY, TRANSFORMERS, lambda lower, upper: from_bounds(lower, upper, domain=DEEPPOLY))
-domains.register(CROWN_IBP, TRANSFORMERS, lambda lower, upper: from_bounds(lower, upper, domain=CROWN_IBP))
-domains.register(ALPHA, TRANSFORMERS, lambda lower, upper: from_bounds(lower, upper, domain=ALPHA))
+for _name in (DEEPPOLY, CROWN_IBP, ALPHA):
+    domains.register(_name, TRANSFORMERS, functools.partial(from_bounds, domain=_name),
+                     functools.partial(from_affine, domain=_name))
