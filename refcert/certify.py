@@ -24,6 +24,7 @@ import numpy as np
 from refcert import attacks, domains, fp, nn, spec
 from refcert import autodiff as ad
 from refcert.autodiff import Tensor
+from refcert.certify_geometric import certify_geometric
 from refcert.verdicts import (  # noqa: F401  (re-exported: the names certify has always offered)
     CONCRETE_BATCH, TOLERANCE, VERDICTS, CertifyResult, ball_domains, check_domains, clean_margins, cross_check,
     misclassified, refuting, validate)
@@ -41,9 +42,14 @@ def _attack(net, x, labels, eps, clip, steps, restarts, rng):
     return points
 
 
-def certify(net, x, labels, eps, domain="deepzono", clip=(0.0, 1.0), attack: bool = True,
-            pgd_steps: int = 40, pgd_restarts: int = 1, batch_size: int = 32, rng=None, execution=None):
+def certify(net, x, labels, eps=0.0, domain="deepzono", clip=(0.0, 1.0), attack: bool = True,
+            pgd_steps: int = 40, pgd_restarts: int = 1, batch_size: int = 32, rng=None, execution=None,
+            spec=None, splits: int = 1, bounds: str = "linear"):
     """Certify each input of ``x`` (N, *shape) with ``labels`` (N,) on the set ball∞(x, eps) ∩ clip.
+
+    ``spec``: a geometric specification ("rotate:15", "translate:2,2+brightness:0.05", ...): the set is then
+    every transformed image plus the eps ball (``refcert.certify_geometric``, with ``splits`` pieces per
+    parameter and ``bounds`` "linear" (DeepG) or "interval"); ``batch_size`` is then the pieces per run.
 
     ``domain``: a registered name (``refcert.domains.names()``) or a list of names; a list returns
     ``{name: CertifyResult}``, PGD then runs once per input and its points are shared.
@@ -51,6 +57,10 @@ def certify(net, x, labels, eps, domain="deepzono", clip=(0.0, 1.0), attack: boo
     ``execution``: 'float32' | 'float64' | 'exact', the precision of the executions a verdict covers
     (default: the policy's, else the net's dtype).
     """
+    if spec is not None:
+        return certify_geometric(net, x, labels, spec, domain=domain, splits=splits, bounds=bounds, eps=eps,
+                                 clip=clip, attack=attack, pgd_steps=pgd_steps, execution=execution, rng=rng,
+                                 piece_batch=batch_size)
     execution = fp.check_execution(execution) if execution is not None else fp.policy().execution
     execution = execution or nn.parameter_dtype(net)
     nn.check_finite(net)

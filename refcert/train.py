@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from refcert import attacks, domains, fp, optim, runs, spec
+from refcert import attacks, domains, fp, geometric, optim, runs, spec
 from refcert import autodiff as ad
 from refcert.autodiff import Tensor
 from refcert.checkpoint import load_checkpoint, save_checkpoint
@@ -42,7 +42,7 @@ from refcert.checkpoint import load_checkpoint, save_checkpoint
 METHODS = ("standard", "pgd", "diffai", "crown-ibp")
 LOSS_FORMS = ("ce", "margin")
 METRICS = ("epoch", "lr", "eps", "kappa", "loss", "train_accuracy", "val_accuracy", "seconds")
-INTEGERS = ("epochs", "batch_size", "pgd_steps", "lr_step")
+INTEGERS = ("epochs", "batch_size", "pgd_steps", "lr_step", "splits")
 LIMITS = {  # numeric setting: (test of a finite value, what the error message asks for)
     "epochs": (lambda v: v >= 1, "an integer >= 1"),
     "batch_size": (lambda v: v >= 1, "an integer >= 1"),
@@ -54,6 +54,7 @@ LIMITS = {  # numeric setting: (test of a finite value, what the error message a
     "kappa": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "ramp_epochs": (lambda v: v >= 0, "a finite number >= 0"),
     "clip_grad": (lambda v: v >= 0, "a finite number >= 0 (0: no clipping)"),
+    "splits": (lambda v: v >= 1, "an integer >= 1"),
 }
 
 
@@ -76,6 +77,9 @@ class TrainConfig:
     seed: int = 0                 # data order and PGD starts
     sound: bool = False           # abstract loss with refcert.fp's rounding-error radii (slower; a loss
                                   # needs no certificate, so training computes in plain arithmetic)
+    spec: str = ""                # a geometric specification (refcert.geometric), e.g. "rotate:15": train for
+                                  # invariance (transformed clean images; abstract loss on random pieces)
+    splits: int = 1               # spec: the abstract loss's piece is 1/splits of each parameter's range
 
     def check(self) -> "TrainConfig":
         if self.method not in METHODS:
@@ -84,6 +88,8 @@ class TrainConfig:
             raise ValueError(f"unknown loss form {self.loss_form!r}; choose one of {LOSS_FORMS}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or sgd")
+        if self.spec:
+            geometric.parse(self.spec)  # names the bad part
         for name, (holds, wanted) in LIMITS.items():
             value = getattr(self, name)
             kind = numbers.Integral if name in INTEGERS else numbers.Real
@@ -117,9 +123,38 @@ def abstract_loss(lower: Tensor, form: str) -> Tensor:
     return ad.mean(ad.logsumexp(ad.concatenate([zeros, -lower], axis=1), axis=-1))
 
 
+def geometric_batch(x, config: TrainConfig, ramp: float, rng):
+    """For a ``spec``: (transformed images, pieces' pixel lower and upper bounds), each (B, *shape).  The
+    parameter box grows from the identity with the ramp; each image gets a random piece (1/splits of each
+    range) and a random parameter in it; the bounds are ``geometric.interval_bounds`` (a box, so any domain
+    takes it, cheaply).  Invariance training as DiffAI on the geometric input set (issue 15)."""
+    geo = geometric.parse(config.spec)
+    identity = np.array([geometric.IDENTITY[name] for name in geo.names])
+    geo = geometric.Spec(geo.names, identity + ramp * (geo.lower - identity), identity + ramp * (geo.upper - identity),
+                         geo.text)
+    lower, upper = geometric.pieces(geo, config.splits)
+    pick = rng.integers(0, len(lower), len(x))
+    params = lower[pick] + (upper[pick] - lower[pick]) * rng.random((len(x), geo.k))
+    images = np.stack([geometric.transform(image, geo, p) for image, p in zip(x, params)])
+    bounds = [geometric.interval_bounds(image, geo, lower[j], upper[j]) for image, j in zip(x, pick)]
+    return images, np.stack([b[0] for b in bounds]), np.stack([b[1] for b in bounds])
+
+
+def _input_set(name: str, x, eps: float, pieces):
+    """The abstract loss's input set: the L∞ ball, or with a spec each piece's pixel box plus the ball."""
+    if pieces is None:
+        return domains.get(name).linf_ball(x, eps)
+    lo, hi = np.clip(pieces[0] - eps, 0.0, 1.0), np.clip(pieces[1] + eps, 0.0, 1.0)
+    return domains.get(name).from_bounds(Tensor(lo), Tensor(hi))
+
+
 def batch_loss(net, x, y, config: TrainConfig, ramp: float, rng) -> tuple[Tensor, Tensor]:
     """(loss, clean logits) for one batch at ramp fraction ``ramp``."""
     eps, kappa = config.eps * ramp, config.kappa * ramp
+    pieces = None
+    if config.spec:
+        x, lo, hi = geometric_batch(x, config, ramp, rng)
+        pieces = (lo, hi)
     if config.method == "pgd":
         if eps > 0:
             x = attacks.pgd(net, x, y, eps, steps=config.pgd_steps, loss="ce", rng=rng).points.value
@@ -131,12 +166,12 @@ def batch_loss(net, x, y, config: TrainConfig, ramp: float, rng) -> tuple[Tensor
         return clean, logits
     with fp.use(sound=config.sound):
         if config.method == "diffai":
-            lower = spec.margin_bounds(net, domains.get(config.domain).linf_ball(x, eps), y)
+            lower = spec.margin_bounds(net, _input_set(config.domain, x, eps, pieces), y)
         else:  # crown-ibp: beta falls 1 -> 0 as the ramp proceeds
             beta = 1.0 - ramp
-            lower = spec.margin_bounds(net, domains.get("box").linf_ball(x, eps), y)
+            lower = spec.margin_bounds(net, _input_set("box", x, eps, pieces), y)
             if beta > 0:
-                crown = spec.margin_bounds(net, domains.get("crown-ibp").linf_ball(x, eps), y)
+                crown = spec.margin_bounds(net, _input_set("crown-ibp", x, eps, pieces), y)
                 lower = beta * crown + (1.0 - beta) * lower
     return (1.0 - kappa) * clean + kappa * abstract_loss(lower, config.loss_form), logits
 

@@ -35,7 +35,17 @@ def add_arguments(parser):
     parser.add_argument("--inputs", required=True,
                         help="inputs: .npz with arrays x, y, an ERAN .csv, or DATASET:SPLIT (e.g. mnist:test, "
                              "read by refcert.datasets from $REFCERT_DATA or the cache)")
-    parser.add_argument("--eps", type=float, required=True, help="L∞ radius in pixel space ([0, 1] scale)")
+    parser.add_argument("--eps", type=float, default=None,
+                        help="L∞ radius in pixel space ([0, 1] scale); with --spec an extra ball on top (default 0)")
+    parser.add_argument("--spec", metavar="SPEC",
+                        help="a geometric specification instead of (or, with --eps, besides) the ball: rotate:DEG, "
+                             "translate:DX,DY, scale:LO,HI, shear:M, brightness:B, contrast:LO,HI, joined by '+' "
+                             "(e.g. rotate:10+brightness:0.05); images (C, H, W)")
+    parser.add_argument("--splits", type=int, default=1,
+                        help="--spec: pieces per parameter, each certified on its own (default 1)")
+    parser.add_argument("--bounds", choices=("linear", "interval"), default="linear",
+                        help="--spec: pixel bounds per piece, DeepG's linear bounds in the parameters (default) or "
+                             "intervals (the baseline)")
     parser.add_argument("--domain", action="append", metavar="NAME",
                         help="abstract domain (repeat for several); default deepzono")
     parser.add_argument("--n", type=int, default=None, help="certify only the first N inputs")
@@ -123,6 +133,8 @@ def _json(results, args, elapsed, input_shape) -> dict:
     """Per-input verdicts; counterexamples are flattened (reshape to ``input_shape``), margins null if infinite."""
     out = {"net": args.net, "inputs": args.inputs, "eps": args.eps, "seed": args.seed, "seconds": elapsed,
            "input_shape": list(input_shape), "domains": {}}
+    if args.spec is not None:
+        out.update(spec=args.spec, splits=args.splits, bounds=args.bounds)
     for name, res in results.items():
         out["domains"][name] = {
             "summary": res.summary(),
@@ -131,13 +143,22 @@ def _json(results, args, elapsed, input_shape) -> dict:
                         "margin": float(res.margins[i]) if np.isfinite(res.margins[i]) else None,
                         "ms": 1000.0 * float(res.times[i]),
                         "counterexample": None if res.counterexamples[i] is None
-                        else np.asarray(res.counterexamples[i]).reshape(-1).tolist()}
+                        else np.asarray(res.counterexamples[i]).reshape(-1).tolist(),
+                        **({"parameters": res.extra["parameters"][i]} if "parameters" in res.extra else {})}
                        for i in range(len(res.verdicts))]}
     return out
 
 
 def _check_numbers(args):
     """Refuse the options certify cannot honour before any work, naming the option."""
+    if args.eps is None and args.spec is None:
+        raise ValueError("give --eps (an L∞ ball) or --spec (a geometric specification), or both")
+    if args.spec is not None:
+        from refcert import geometric
+        geometric.parse(args.spec)  # a bad specification fails here, naming its part
+        if args.splits < 1:
+            raise ValueError(f"--splits must be >= 1, got {args.splits}")
+    args.eps = 0.0 if args.eps is None else args.eps
     if not (math.isfinite(args.eps) and args.eps >= 0):
         raise ValueError(f"--eps must be a finite number >= 0, got {args.eps}")
     for option, value in (("--n", args.n), ("--batch-size", args.batch_size), ("--pgd-steps", args.pgd_steps)):
@@ -189,13 +210,18 @@ def run(args):
     if len(x) == 0:
         raise ValueError(f"{args.inputs}: no inputs to certify")
     layout = _layout(net, x.shape[1:])
+    if args.spec is not None and layout is not None:  # transformations act on (C, H, W): the net takes them so
+        net, layout = nn.Sequential(nn.Permute(layout[0], layout[1], x.shape[1:]), net), None
+    if args.spec is not None and x.ndim != 4:
+        raise ValueError(f"--spec transforms images (C, H, W); the inputs have shape {x.shape[1:]}")
     x_net = x if layout is None else x.reshape(len(x), -1)[:, layout[0]].reshape((len(x),) + layout[1])
     began = time.perf_counter()
     chunk = max(args.batch_size, CONCRETE_BATCH)
     spans = [(i, (i, start, min(start + chunk, len(x)))) for i, start in enumerate(range(0, len(x), chunk))]
     options = {"eps": args.eps, "names": names, "attack": not args.no_attack, "pgd_steps": args.pgd_steps,
                "batch_size": args.batch_size, "seed": args.seed, "execution": args.execution,
-               "alpha": (args.alpha_iterations, args.alpha_lr)}
+               "alpha": (args.alpha_iterations, args.alpha_lr), "spec": args.spec, "splits": args.splits,
+               "bounds": args.bounds}
     parallel.check(args.workers, args.scheduler)
     if args.resume and not args.json:
         raise ValueError("--resume continues the run whose --json PATH is given (its PATH.parts.jsonl)")
@@ -218,7 +244,8 @@ def run(args):
         for res in merged.values():
             res.counterexamples = [None if p is None else _undo(layout[0], p, x.shape[1:]) for p in res.counterexamples]
     elapsed = time.perf_counter() - began
-    print(f"eps={args.eps}  net={args.net}  inputs={args.inputs} ({len(x)})  {elapsed:.1f} s")
+    what = f"spec={args.spec} (splits {args.splits}, {args.bounds} bounds)  " if args.spec else ""
+    print(f"{what}eps={args.eps}  net={args.net}  inputs={args.inputs} ({len(x)})  {elapsed:.1f} s")
     print(_table(merged))
     if args.json:
         text = json.dumps(_json(merged, args, elapsed, x.shape[1:]), indent=1).encode()
@@ -236,7 +263,8 @@ def certify_span(shared, span):
     with alpha.use(iterations=o["alpha"][0], lr=o["alpha"][1]):
         return certify(shared["net"], shared["x"][start:stop], shared["y"][start:stop], o["eps"], domain=o["names"],
                        attack=o["attack"], pgd_steps=o["pgd_steps"], batch_size=o["batch_size"],
-                       rng=np.random.default_rng([o["seed"], index]), execution=o["execution"])
+                       rng=np.random.default_rng([o["seed"], index]), execution=o["execution"],
+                       spec=o.get("spec"), splits=o.get("splits", 1), bounds=o.get("bounds", "linear"))
 
 
 def _encode_part(part: dict) -> dict:
@@ -246,7 +274,8 @@ def _encode_part(part: dict) -> dict:
                    "counterexamples": [None if c is None else [str(np.asarray(c).dtype), list(np.shape(c)),
                                                               np.asarray(c).reshape(-1).tolist()]
                                        for c in r.counterexamples],
-                   "times": r.times.tolist(), "attack_seconds": r.attack_seconds} for name, r in part.items()}
+                   "times": r.times.tolist(), "attack_seconds": r.attack_seconds,
+                   "parameters": r.extra.get("parameters")} for name, r in part.items()}
 
 
 def _decode_part(data: dict) -> dict:
@@ -255,7 +284,9 @@ def _decode_part(data: dict) -> dict:
                                 np.asarray(d["predicted"], dtype=np.int64), d["verdicts"], np.asarray(d["margins"]),
                                 [None if c is None else np.asarray(c[2], dtype=c[0]).reshape(c[1])
                                  for c in d["counterexamples"]],
-                                np.asarray(d["times"]), d["attack_seconds"]) for name, d in data.items()}
+                                np.asarray(d["times"]), d["attack_seconds"],
+                                {} if d.get("parameters") is None else {"parameters": d["parameters"]})
+            for name, d in data.items()}
 
 
 def _undo(layout, point, shape):
@@ -271,7 +302,8 @@ def _merge(parts):
     if not parts:
         raise ValueError("no inputs to certify")
     first = parts[0]
+    extra = {"parameters": sum((p.extra["parameters"] for p in parts), [])} if "parameters" in first.extra else {}
     return CertifyResult(first.domain, first.eps, np.concatenate([p.labels for p in parts]),
                          np.concatenate([p.predicted for p in parts]), sum((p.verdicts for p in parts), []),
                          np.concatenate([p.margins for p in parts]), sum((p.counterexamples for p in parts), []),
-                         np.concatenate([p.times for p in parts]), sum(p.attack_seconds for p in parts))
+                         np.concatenate([p.times for p in parts]), sum(p.attack_seconds for p in parts), extra)

@@ -45,6 +45,11 @@ def add_arguments(parser):
     add("--lr-gamma", type=float, default=0.1, help="learning-rate decay factor")
     add("--clip-grad", type=float, default=1.0, help="gradient-norm clip (0: off)")
     add("--pgd-steps", type=int, default=7, help="pgd method: attack steps per batch")
+    add("--spec", default="", metavar="SPEC", help="train for a geometric specification (as certify --spec, e.g. "
+        "rotate:15): clean images randomly transformed; diffai/crown-ibp's abstract loss on a random piece of "
+        "the parameter box per image (interval pixel bounds), plus the --eps ball (use --eps 0 for none)")
+    add("--splits", type=int, default=1, help="--spec: the abstract loss's piece is 1/SPLITS of each parameter's "
+        "range (certify with the same --splits)")
     add("--seed", type=int, default=0, help="seed of the initial weights, data order and PGD")
     add("--out", default="run", help="output folder (default ./run)")
     add("--resume", action="store_true", help="continue the run saved in --out")
@@ -75,7 +80,7 @@ def run(args):
                          batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, kappa=args.kappa,
                          ramp_epochs=args.ramp_epochs, loss_form=args.loss_form, lr_step=args.lr_step,
                          lr_gamma=args.lr_gamma, clip_grad=args.clip_grad, pgd_steps=args.pgd_steps,
-                         seed=args.seed).check()
+                         seed=args.seed, spec=args.spec, splits=args.splits).check()
     x, y = datasets.load(args.data, "train", root=args.data_root)
     x_test, y_test = datasets.load(args.data, "test", root=args.data_root)
     if args.limit is not None:
@@ -93,5 +98,6 @@ def run(args):
     done = rows[-1]["epoch"] if rows else 0
     print(f"{args.model} on {args.data}, {args.method}: {done} epochs, test accuracy {100 * test_accuracy:.1f}% "
           f"({len(y_test)} images); model in {args.out}/model.npz")
-    print(f"certify it: refcert certify --net {args.out}/model.npz --inputs INPUTS --eps {args.eps} --domain deepzono")
+    what = f"--spec {args.spec} --splits {args.splits} --domain deeppoly" if args.spec else "--domain deepzono"
+    print(f"certify it: refcert certify --net {args.out}/model.npz --inputs INPUTS --eps {args.eps} {what}")
     return 0 if np.isfinite(test_accuracy) else 1
