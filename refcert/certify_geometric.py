@@ -88,7 +88,7 @@ def _input_set(table, image, geo, lower, upper, bounds, eps, clip, execution):
     shape = image.shape
     if bounds == "interval":
         lo, hi = geometric.interval_bounds(image, geo, lower, upper)
-        widen = _rounding(np.maximum(np.abs(lo), np.abs(hi)), execution) + eps
+        widen = _rounding(np.maximum(np.abs(lo), np.abs(hi)) + eps, execution) + eps
         lo, hi = np.nextafter(lo - widen, -np.inf), np.nextafter(hi + widen, np.inf)  # the sums, rounded outward
         if clip is not None:
             lo, hi = np.clip(lo, *clip), np.clip(hi, *clip)
