@@ -3,7 +3,9 @@ scaling, shearing, contrast and brightness change in a box of parameters (DeepG,
 2019), optionally with an L∞ ball on top?
 
 For an image x with label t, a specification (``refcert.geometric.parse``: a box P of parameters) and a
-radius eps, the set is S = {T_p(x) + δ : p ∈ P, |δ|∞ ≤ eps} ∩ clip, with T_p the real-valued transformation
+radius eps, the set is S = {T_p(x) + δ : p ∈ P, |δ|∞ ≤ eps, T_p(x) + δ inside [min(clip₀, T_p(x)),
+max(clip₁, T_p(x))]}: the ball is clipped, the transformed image is not (brightness may leave [0, 1]), with
+T_p the real-valued transformation
 (``refcert.geometric``'s convention).  The images a network is actually given are computed: refcert's
 float64 ``transform`` (within ``geometric.float_error`` of T_p(x)), then rounded to the execution precision.
 The set bounded here covers all of them: the pieces' pixel bounds hold for T_p(x) and for ``transform``'s
@@ -12,11 +14,11 @@ output, and are widened by the rounding to the execution precision (``_rounding`
 - ``verified``: P is cut into ``splits`` parts per parameter (``geometric.pieces``); for every piece the
   domain's sound lower bound of min_{j≠t} y_t − y_j over the piece's input set is > 0.  The input set of a
   piece is (``bounds``) either ``"interval"``: per-pixel intervals (``geometric.interval_bounds``) widened
-  by eps and intersected with clip, a box; or ``"linear"``: DeepG's A p + b ± c (``geometric.linear_bounds``)
+  by eps, the ball's part clipped, a box; or ``"linear"``: DeepG's A p + b ± c (``geometric.linear_bounds``)
   with c widened by eps, built by ``Domain.from_affine`` with the piece as the parameter box, so the
   pixels stay correlated through the parameters (relational domains gain most).
-- ``falsified``: a parameter p ∈ P (a dense grid of every piece plus random points, then PGD in the eps
-  ball around the worst image) whose image, rounded to the execution precision, the real network or an
+- ``falsified``: a parameter p ∈ P (a grid in every piece, the box's corners and random points, then PGD
+  in the eps ball around the worst image) whose image, rounded to the execution precision, the real network or an
   execution misclassifies (``verdicts.refuting``, exact); the point and p are returned.
 - ``unknown``: neither.
 """
@@ -53,7 +55,10 @@ def certify_geometric(net, x, labels, spec_text, domain="deeppoly", splits: int 
     if int(splits) != splits or splits < 1 or int(piece_batch) < 1:
         raise ValueError(f"splits and piece_batch must be positive integers, got {splits}, {piece_batch}")
     x = np.asarray(x, dtype=np.float64)
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size and not np.all(labels == np.round(labels)):
+        raise ValueError("labels must be integers")
+    labels = labels.astype(np.int64)
     if x.ndim != 4 or labels.shape[0] != x.shape[0]:
         raise ValueError(f"geometric specifications need images (N, C, H, W) and N labels, got x {x.shape} "
                          f"and {labels.shape[0]} labels")
@@ -89,10 +94,10 @@ def _input_set(table, image, geo, lower, upper, bounds, eps, clip, execution):
     if bounds == "interval":
         lo, hi = geometric.interval_bounds(image, geo, lower, upper)
         widen = _rounding(np.maximum(np.abs(lo), np.abs(hi)) + eps, execution) + eps
-        lo, hi = np.nextafter(lo - widen, -np.inf), np.nextafter(hi + widen, np.inf)  # the sums, rounded outward
-        if clip is not None:
-            lo, hi = np.clip(lo, *clip), np.clip(hi, *clip)
-        return table.from_bounds(Tensor(lo), Tensor(hi))
+        below, above = np.nextafter(lo - widen, -np.inf), np.nextafter(hi + widen, np.inf)  # rounded outward
+        if clip is not None:  # the ball is clipped, the transformed image is not (module docstring)
+            below, above = np.maximum(below, np.minimum(clip[0], lo)), np.minimum(above, np.maximum(clip[1], hi))
+        return table.from_bounds(Tensor(below), Tensor(above))
     A, b, c = geometric.linear_bounds(image, geo, lower, upper)
     reach = np.maximum(np.abs(lower), np.abs(upper))[:, None, :]                   # (K, 1, k)
     magnitude = np.abs(b) + np.sum(np.abs(A) * reach, axis=2) * (1 + 2.0 ** -40) + c + eps
@@ -108,27 +113,29 @@ def _certify_one(net, x, labels, geo, name, lower, upper, bounds, eps, clip, exe
     verdicts, margins, points, times = ["unknown"] * N, np.full(N, -math.inf), [None] * N, np.zeros(N)
     for i in range(N):
         began = time.perf_counter()
-        worst = math.inf
+        piece_low = np.full(lower.shape[0], np.nan)           # each piece's margin bound (NaN: not run)
         for start in range(0, lower.shape[0], piece_batch):
             part = slice(start, start + piece_batch)
             with ad.no_grad():
                 element = _input_set(table, x[i], geo, lower[part], upper[part], bounds, eps, clip, execution)
                 low = spec.margin_bounds(net, element, np.full(lower[part].shape[0], labels[i]), n_classes).numpy()
-            worst = min(worst, float(np.min(np.where(np.isnan(low), -math.inf, low))) if low.size else math.inf)
-            if worst <= 0:  # one piece not verified: the image is not
+            piece_low[part] = np.min(np.where(np.isnan(low), -math.inf, low), axis=1) if low.size else math.inf
+            if np.nanmin(piece_low) <= 0:  # one piece not verified: the image is not (the rest is not run)
                 break
         times[i] = time.perf_counter() - began
-        margins[i] = worst
+        margins[i] = -math.inf if np.isnan(piece_low).any() else float(np.min(piece_low))
         if i in found:
             point, p, margin = found[i]
             limit = margin if fp.policy().sound else margin + 1e-5 * (1 + abs(margin))
-            if worst > limit:
-                raise RuntimeError(f"domain {name!r} is unsound on input {i}: certified margin {worst:.6g} exceeds "
-                                   f"the margin {margin:.6g} of a member of the set (parameters {p.tolist()})")
+            holding = (lower <= p).all(axis=1) & (p <= upper).all(axis=1) & ~np.isnan(piece_low)
+            if holding.any() and np.min(piece_low[holding]) > limit:  # the pieces that hold the attack's p
+                raise RuntimeError(f"domain {name!r} is unsound on input {i}: certified margin "
+                                   f"{np.min(piece_low[holding]):.6g} exceeds the margin {margin:.6g} of a member "
+                                   f"of the set (parameters {p.tolist()})")
             if margin <= 0 and point is not None:
                 verdicts[i], points[i] = "falsified", point
                 continue
-        if worst > 0:
+        if margins[i] > 0:
             verdicts[i] = "verified"
     result = CertifyResult(name, eps, labels, predicted, verdicts, margins, points, times)
     result.extra["parameters"] = [found[i][1].tolist() if verdicts[i] == "falsified" else None for i in range(N)]
@@ -140,33 +147,41 @@ def _attack(net, x, labels, geo, lower, upper, eps, clip, steps, rng, execution)
     margin found (grid + random parameters, then PGD in the eps ball); the point is given only where it
     refutes the guarantee after the exact re-check (``verdicts.refuting``) and lies in the set."""
     K, k = lower.shape
-    per_piece = max(1, int((ATTACK_POINTS / K) ** (1 / max(k, 1))))
-    per_piece = min(per_piece, GRID)
-    grid = np.concatenate([_grid(lower[j], upper[j], per_piece) for j in range(K)])
-    extra = geo.lower + (geo.upper - geo.lower) * rng.random((max(0, ATTACK_POINTS - len(grid)) // 4, k))
-    params = np.concatenate([grid, extra])[:ATTACK_POINTS]
+    budget = 3 * ATTACK_POINTS // 4                      # a grid in every piece (a random subset of pieces'
+    per_piece = min(GRID, max(1, int((budget / K) ** (1 / max(k, 1)))))  # centres when there are more)
+    if K * per_piece ** k <= budget:
+        grid = np.concatenate([_grid(lower[j], upper[j], per_piece) for j in range(K)])
+    else:
+        grid = ((lower + upper) / 2)[rng.permutation(K)[:budget]]
+    corners = _grid(geo.lower, geo.upper, 2)
+    spread = geo.lower + (geo.upper - geo.lower) * rng.random((ATTACK_POINTS - len(grid) - len(corners), k))
+    params = np.concatenate([grid, corners, spread])
     out = {}
     for i in range(x.shape[0]):
-        images = _executed(geometric.transform(x[i], geo, params), execution)
-        member = np.ones(len(images), bool) if clip is None else \
-            np.all((images >= clip[0]) & (images <= clip[1]), axis=(1, 2, 3))  # S lies inside clip
-        if not member.any():
-            continue
+        images = _executed(geometric.transform(x[i], geo, params), execution)   # members (δ = 0)
         _, margin = clean_margins(net, images, np.full(len(images), labels[i]), CONCRETE_BATCH)
-        best = int(np.argmin(np.where(member, margin, np.inf)))
+        best = int(np.argmin(margin))
         point, m = images[best], float(margin[best])
         if m > 0 and eps > 0 and steps > 0:
             centre = geometric.transform(x[i], geo, params[best])
             found = attacks.pgd(net, centre[None], labels[i:i + 1], eps, steps=steps, clip=clip, loss="margin",
                                 rng=rng)
             candidate = _executed(found.points.numpy(), execution)
-            if bool(fp.inside(candidate, centre[None], eps, clip)[0]):
+            if _member(candidate[0], centre, eps, clip):
                 _, margin_pgd = clean_margins(net, candidate, labels[i:i + 1], 1)
                 if margin_pgd[0] < m:
                     point, m = candidate[0], float(margin_pgd[0])
         refutes = m <= 0 and bool(refuting(net, point[None], labels[i:i + 1], spec.output_size(net), 1)[0])
         out[i] = (point if refutes else None, params[best], m)
     return out
+
+
+def _member(point, centre, eps, clip) -> bool:
+    """Is ``point`` = centre + δ with |δ|∞ ≤ eps and, where clip is given, inside [min(clip₀, centre),
+    max(clip₁, centre)] (the ball is clipped, not the transformed image)?  Exact comparisons."""
+    if not bool(fp.inside(point[None], centre[None], eps, None)[0]):
+        return False
+    return clip is None or bool(np.all((point >= np.minimum(clip[0], centre)) & (point <= np.maximum(clip[1], centre))))
 
 
 def _executed(images, execution):

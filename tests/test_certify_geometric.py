@@ -161,3 +161,39 @@ def test_cli_certifies_a_specification(tmp_path, capsys):
     assert cli.main(args[:5] + ["--spec", "rotate:abc"]) == 1
     assert "rotate" in capsys.readouterr().err
     assert cli.main(args[:5]) == 1  # neither --eps nor --spec
+
+
+def _linear_net(weight, bias):
+    from refcert.autodiff import Tensor
+    net = nn.Sequential(nn.Flatten(), nn.Linear(len(weight[0]), len(weight), dtype="float64"))
+    net.layers[1].params["weight"] = Tensor(np.array(weight, dtype=float))
+    net.layers[1].params["bias"] = Tensor(np.array(bias, dtype=float))
+    return net
+
+
+@pytest.mark.parametrize("piece_batch", [16, 1])
+def test_a_piece_that_fails_early_is_not_an_unsoundness_alarm(piece_batch):
+    """(review) With one piece per run the loop stops at the first failing piece; the attack's point lies
+    in a later one: no false alarm, and the reported margin is not a partial minimum."""
+    net = _linear_net([[0.0, 0, 0], [0.1, 0, 10.0]], [0.0, -0.01])
+    x = np.array([[[[0.0, 1.0, 0.0]]]])
+    result = certify(net, x, [0], spec="translate:0.5,0", splits=2, domain="deeppoly", batch_size=piece_batch)
+    assert result.verdicts == ["falsified"]
+    assert result.margins[0] <= -4.9 or (piece_batch == 1 and result.margins[0] == -np.inf)
+
+
+@pytest.mark.parametrize("bounds", ["interval", "linear"])
+def test_brightness_past_one_stays_in_the_set(bounds):
+    """(review) The ball is clipped to [0, 1], the transformed image is not: a pixel at 1 brightened to
+    1.05 is in the set, so a net that misclassifies it is falsified, never verified."""
+    net = _linear_net([[0.0, -1.0, 0.0], [0.0, 0.0, 0.0]], [1.02, 0.0])   # class 0 iff pixel 1 < 1.02
+    x = np.array([[[[0.0, 1.0, 0.0]]]])
+    result = certify(net, x, [0], spec="brightness:0.05", bounds=bounds, domain="deeppoly")
+    assert result.verdicts == ["falsified"]
+    assert result.counterexamples[0].max() > 1.0
+
+
+def test_fractional_labels_are_refused():
+    net, x = _net(0), _images(0, 1)
+    with pytest.raises(ValueError, match="integers"):
+        certify(net, x, [0.5], spec="rotate:1")
