@@ -6,6 +6,13 @@ one more ``linear`` layer (op "linear", weight (batch, n−1, n), no bias) *befo
 relational domain then bounds y_t − y_j directly (correlations between y_t and y_j cancel),
 which is never looser and usually much tighter than subtracting separate bounds of y_t and y_j.
 Every domain handles the layer through its own table (``refcert.interpret.run``).
+
+Elision (Gowal et al. 2018, "On the effectiveness of interval bound propagation", Sec. 3): when the net
+ends in an affine layer y = W h + b, C·y = (C W) h + C b is one affine map of the last hidden layer h.
+Its interval over h's box is never looser, and usually much tighter, than C applied to the interval of y
+(y_t and y_j share h).  ``margin_bounds`` and ``through_bounds`` intersect every domain's bounds with it
+(``elided``): Box gains the most; relational domains gain where their own bounds were intersected with
+the loose interval of y.
 """
 from __future__ import annotations
 
@@ -82,11 +89,17 @@ def output_size(net) -> int:
 def margin_bounds(net, element, labels, n_classes: int | None = None) -> Tensor:
     """(batch, n−1) lower bounds of y_t − y_j (j ≠ t, increasing) over the set ``element``.
 
-    Runs [net, C] through the element's domain, then takes the lower bound.  Differentiable.
-    Sound because C is applied by the domain's own sound ``linear`` transformer.
+    Runs [net, C] through the element's domain, takes the lower bound and intersects it with the
+    elided interval bound (``through_bounds``).  Differentiable.  Sound because C is applied by the
+    domain's own sound ``linear`` transformer and ``elided`` is sound.
     """
-    out = margin_element(net, element, labels, n_classes)
-    return out if isinstance(out, Tensor) else out.bounds()[0] if hasattr(out, "bounds") else out
+    n = output_size(net) if n_classes is None else int(n_classes)
+    labels = _labels_numpy(labels)
+    if n == 1:  # a single class: nothing to confuse it with
+        return Tensor(np.zeros((labels.shape[0], 0)))
+    execution = fp.policy().execution or nn.parameter_dtype(net) if hasattr(net, "params") else fp.policy().execution
+    with fp.use(execution=execution):
+        return through_bounds(_layers(net), element, margin_matrix(labels, n, dtype=_float_dtype(net)))[0]
 
 
 def margin_element(net, element, labels, n_classes: int | None = None):
@@ -116,6 +129,79 @@ def through(layers, element, C: Tensor):
     out = interpret.run(list(layers), element)
     with fp.use(execution="exact"):
         return interpret.run([Specification(C)], out)
+
+
+def through_bounds(layers, element, C: Tensor):
+    """(lower, upper) of C·net(x) over ``element``: ``through``'s element's bounds, intersected with the
+    elided interval (``elided``) when the layers end in an affine layer.  Execution as ``through``."""
+    layers = _flat(list(layers))
+    last = last_affine(layers)
+    if last is None or not hasattr(element, "bounds"):
+        out = through(layers, element, C)
+        return out.bounds() if hasattr(out, "bounds") else (out, out)
+    hidden = interpret.run(layers[:last], element)
+    out = through(layers[last:], hidden, C)
+    lower, upper = out.bounds() if hasattr(out, "bounds") else (out, out)
+    folded = elided(hidden, layers[last], layers[last + 1:], C)
+    if folded is None:
+        return lower, upper
+    return ad.maximum(lower, folded[0]), ad.minimum(upper, folded[1])
+
+
+def _flat(layers: list) -> list:
+    """Nested Sequentials opened (Residual blocks stay whole)."""
+    out = []
+    for layer in layers:
+        out += _flat(list(layer.layers)) if isinstance(layer, nn.Sequential) else [layer]
+    return out
+
+
+def last_affine(layers: list):
+    """The index of a final ``linear`` layer with one weight for every input (only reshapes after it), or None."""
+    for k in range(len(layers) - 1, -1, -1):
+        op = getattr(layers[k], "op", None)
+        if op == "flatten":
+            continue
+        if op == "linear" and layers[k].params["weight"].ndim == 2:
+            return k
+        return None
+    return None
+
+
+def elided(hidden, layer, after: list, C: Tensor):
+    """Sound (lower, upper) of C·y with y = W h + b the network's last layer (``layer``, executed in the
+    policy's precision; ``after``: only flattens) and h in ``hidden``'s bounds: the interval of the folded
+    map (C W) h + C b (Box's linear transformer, execution 'exact', differentiable), widened by R, the error
+    of folding C W and C b in floats and of executing y: R = F·|C|(|W| M + |b|), M ≥ |h|, F ≥ the execution
+    precision's γ for a sum of fan-in + 1 terms plus float64's for the folding (``fp.radius``).  Sound:
+    the executed y' = y + e with |e| ≤ γ(|W| M + |b|) and C y' = (CW)h + Cb + Ce; the computed C W and C b
+    are each within float64's γ_m |C||W|, γ_m |C||b| of the exact ones (proofs/floating_point.md §5).
+    None for a hidden element without bounds.  Not sound policy: R = 0."""
+    from refcert.domains import box
+    if any(getattr(a, "op", None) != "flatten" for a in after):
+        return None
+    h_lower, h_upper = (hidden.lower, hidden.upper) if hasattr(hidden, "upper") else hidden.bounds()
+    h_lower, h_upper = ad.reshape(h_lower, shape=(h_lower.shape[0], -1)), ad.reshape(h_upper, shape=(h_upper.shape[0], -1))
+    W, b = layer.params["weight"], layer.params["bias"]
+    if W.shape[-1] != h_lower.shape[-1] or C.shape[-1] != W.shape[0]:
+        return None
+    C = ad.as_tensor(C)
+    folded_w = ad.matmul(C, ad.reshape(W, shape=(1,) + tuple(W.shape)))           # (batch, rows, in)
+    folded_b = None if b is None else ad.reshape(ad.matmul(C, ad.reshape(b, shape=(1, -1, 1))), shape=C.shape[:2])
+    with fp.use(execution="exact"):
+        image = box.linear(box.Box(h_lower, h_upper), weight=folded_w, bias=folded_b)
+    lower, upper = image.lower, image.upper
+    if fp.policy().sound:
+        with ad.no_grad():
+            M = box.magnitude(box.Box(h_lower, h_upper))
+            xp = backends.current().xp
+            size = ad.matmul(M, ad.constant(xp.abs(W.value).T))                      # |W| M  (batch, out)
+            size = size if b is None else size + ad.constant(xp.abs(b.value))
+            size = ad.reshape(ad.matmul(ad.abs(C), ad.reshape(size, shape=(size.shape[0], -1, 1))), shape=C.shape[:2])
+            n = W.shape[-1] + W.shape[0] + 2
+            R = fp.radius(size, n, execution=fp.execution_dtype(W.value.dtype, size.dtype))
+        lower, upper = fp.down(lower - R), fp.up(upper + R)
+    return lower, upper
 
 
 def _float_dtype(net) -> str:

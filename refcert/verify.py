@@ -47,7 +47,7 @@ from refcert import autodiff as ad
 from refcert import domains as domain_registry
 from refcert import bab, fp, interpret, nn
 from refcert.domains import alpha
-from refcert.spec import through
+from refcert.spec import elided, last_affine, through
 from refcert.autodiff import Tensor
 from refcert.certify import check_domains
 from refcert.exact import ExactUndecided, find_violation
@@ -212,17 +212,24 @@ def _spec_bounds(net64, element, C, deadline=math.inf, doing="during a domain pa
     precision, the rows C (not executed by the network) with execution 'exact' (``spec.through``, one
     layer at a time).  Gives up (_Expired) before a step that would likely end past ``deadline``: one
     taking 1.5 times the longest step so far (DeepPoly's steps grow with depth)."""
-    steps = [lambda e, layer=layer: interpret.run([layer], e) for layer in _layers(net64) + [nn.Flatten()]]
+    layers = _layers(net64) + [nn.Flatten()]
+    last = last_affine(layers)  # the element before it gives the elided bound (``spec.elided``)
+    steps = [lambda e, layer=layer: interpret.run([layer], e) for layer in layers]
     steps.append(lambda e: through([], e, Tensor(C[None])))
-    longest = 0.0
+    longest, hidden = 0.0, None
     with ad.no_grad():
-        for step in steps:
+        for k, step in enumerate(steps):
+            if k == last:
+                hidden = element
             start = time.monotonic()
             _on_time(deadline - 1.5 * longest, doing)
             element = step(element)
             longest = max(longest, time.monotonic() - start)
-    with alpha.use(deadline=deadline):  # alpha-crown stops optimising at the deadline (any α is sound)
-        low, high = element.bounds()
+        with alpha.use(deadline=deadline):  # alpha-crown stops optimising at the deadline (any α is sound)
+            low, high = element.bounds()
+        folded = None if hidden is None else elided(hidden, layers[last], layers[last + 1:], Tensor(C[None]))
+        if folded is not None:
+            low, high = ad.maximum(low, folded[0]), ad.minimum(high, folded[1])
     return low.numpy().reshape(-1), high.numpy().reshape(-1)
 
 

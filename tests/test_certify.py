@@ -189,7 +189,7 @@ def test_verified_and_falsified_on_one_input_is_refused(monkeypatch):
         width: float
 
         def bounds(self):
-            return self.value - self.width, self.value - self.width
+            return self.value - self.width, self.value + self.width
 
     point = domains.get("point").transformers
     for name, width in (("centre-only", 0.0), ("vacuous", 1e9)):
