@@ -197,3 +197,14 @@ def test_fractional_labels_are_refused():
     net, x = _net(0), _images(0, 1)
     with pytest.raises(ValueError, match="integers"):
         certify(net, x, [0.5], spec="rotate:1")
+
+
+def test_cli_trains_for_a_specification(tmp_path, capsys):
+    """refcert train --spec: runs, records the spec in its settings and prints a certify command with it."""
+    out = tmp_path / "run"
+    args = ["train", "--model", "convtiny", "--data", "mnist-mini", "--limit", "64", "--batch-size", "32", "--quiet",
+            "--method", "diffai", "--eps", "0", "--spec", "rotate:5", "--splits", "2", "--epochs", "1", "--out", str(out)]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "--spec rotate:5 --splits 2" in printed and (out / "model.npz").exists()
+    assert cli.main(args[:-2] + ["--out", str(tmp_path / "bad"), "--spec", "rotate:x"]) == 1
