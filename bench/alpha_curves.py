@@ -19,19 +19,10 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from refcert import datasets, nn, train  # noqa: E402
+from refcert import nn, train  # noqa: E402
 from refcert.certify import certify  # noqa: E402
 from refcert.domains import alpha  # noqa: E402
-
-
-def _data(split, n):
-    for name in ("mnist", "mnist-mini"):
-        try:
-            x, y = datasets.load(name, split)
-            return x[:n], y[:n], name
-        except (OSError, ValueError):
-            continue
-    raise SystemExit("no MNIST images found")
+import mnist_images  # noqa: E402  (bench/mnist_images.py)
 
 
 def main(argv=None) -> int:
@@ -41,8 +32,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=20)
     args = parser.parse_args(argv)
-    x, y, source = _data("train", 20000)
-    xt, yt, _ = _data("test", args.n)
+    x, y, source = mnist_images.first(20000, "train")
+    xt, yt, _ = mnist_images.first(args.n)
     print(f"{source}: {len(x)} training images, {len(xt)} test images, eps {args.eps}")
     print(f"{'activation':<10} {'domain':<12} {'verified':>9} {'ms/image':>9}")
     for activation in (nn.Sigmoid, nn.Tanh):

@@ -22,18 +22,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import refcert  # noqa: E402
-from refcert import datasets, weights  # noqa: E402
+from refcert import weights  # noqa: E402
 from refcert.verify import verify  # noqa: E402
-
-
-def _images(n):
-    for name in ("mnist", "mnist-mini"):
-        try:
-            x, y = datasets.load(name, "test")
-            return x[:n], y[:n], name
-        except (OSError, ValueError):
-            continue
-    raise SystemExit("no MNIST test images found")
+import mnist_images  # noqa: E402  (bench/mnist_images.py)
 
 
 def main(argv=None) -> int:
@@ -44,7 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per image for verify (default 10)")
     args = parser.parse_args(argv)
     net = weights.load(args.net)
-    x, y, source = _images(args.n)
+    x, y, source = mnist_images.first(args.n)
     print(f"{args.net}, eps {args.eps}, first {len(x)} test images of {source}")
     rows = {}
     verified = {}

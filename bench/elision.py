@@ -18,20 +18,11 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from refcert import datasets, domains, fp, spec, weights  # noqa: E402
+from refcert import domains, fp, spec, weights  # noqa: E402
 from refcert.autodiff import Tensor, no_grad  # noqa: E402
+import mnist_images  # noqa: E402  (bench/mnist_images.py)
 
 CASES = (("convsmall_mnist_pgd_0.1", ("box",)), ("convsmall_mnist_diffai_box_0.2", ("box", "deeppoly", "crown-ibp")))
-
-
-def _images(n):
-    for name in ("mnist", "mnist-mini"):
-        try:
-            x, y = datasets.load(name, "test")
-            return x[:n], y[:n], name
-        except (OSError, ValueError):
-            continue
-    raise SystemExit("no MNIST test images found")
 
 
 def main(argv=None) -> int:
@@ -39,7 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--eps", type=float, default=0.1)
     args = parser.parse_args(argv)
-    x, y, source = _images(args.n)
+    x, y, source = mnist_images.first(args.n)
     print(f"{source}: first {len(x)} test images, eps {args.eps}")
     print(f"{'net':<32} {'domain':<10} {'tighter':>14} {'largest gain':>13} {'verified before':>16} {'after':>6}")
     for name, names in CASES:

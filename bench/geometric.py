@@ -22,21 +22,12 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import refcert  # noqa: E402
-from refcert import datasets, weights  # noqa: E402
+from refcert import weights  # noqa: E402
+import mnist_images  # noqa: E402  (bench/mnist_images.py)
 
 #: pieces per parameter for each specification (a piece per 3.75° of rotation, per pixel of translation)
 SPLITS = {"rotate:15": 8, "rotate:30": 16, "translate:2": 4, "scale:0.9,1.1": 4}
 NETS = ("convsmall_mnist_standard", "convsmall_mnist_pgd_0.1", "convsmall_mnist_diffai_box_0.1")
-
-
-def _images(n):
-    for name in ("mnist", "mnist-mini"):
-        try:
-            x, y = datasets.load(name, "test")
-            return x[:n], y[:n], name
-        except (OSError, ValueError):
-            continue
-    raise SystemExit("no MNIST test images found")
 
 
 def main(argv=None) -> int:
@@ -47,7 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("--specs", nargs="+", default=list(SPLITS))
     parser.add_argument("--nets", nargs="+", default=list(NETS))
     args = parser.parse_args(argv)
-    x, y, source = _images(args.n)
+    x, y, source = mnist_images.first(args.n)
     nets = [(name, weights.load(name)) for name in args.nets]
     if args.invariant:
         nets.append((pathlib.Path(args.invariant).parent.name or args.invariant, refcert.load(args.invariant)))

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from refcert import domains, fp, interpret, spec
 from refcert.autodiff import no_grad
 from tests import fp_exact as fx
-from tests.test_fp_property import DOMAINS, Draws, build_convolutional, build_fully_connected
+from tests.test_fp_property import DOMAINS, Draws, RandomDraws, build_convolutional, build_fully_connected
 
 pytest.importorskip("mpmath")  # sigmoid/tanh nets need the enclosures
 
@@ -94,7 +94,7 @@ def test_deeppoly_short_construction_gives_the_default_bounds(sound):
     """Same set, same bounds: the parameter box as input (one step, c in its slack) or (p, e) through a
     linear layer with weight [A | diag c]."""
     rng = np.random.default_rng(3)
-    case = build_convolutional(_Seeded(rng), dtype="float64")
+    case = build_convolutional(RandomDraws(rng), dtype="float64")
     A, b, c, lower, upper = _affine_set(rng, case.shape, "float64", 2)
     table = domains.get("deeppoly")
     generic = dataclasses.replace(table, affine=None)
@@ -105,23 +105,9 @@ def test_deeppoly_short_construction_gives_the_default_bounds(sound):
         np.testing.assert_allclose(s.numpy(), d.numpy(), rtol=1e-9, atol=1e-9)
 
 
-class _Seeded(Draws):
-    """Fixed choices from a NumPy generator (a deterministic network)."""
-
-    def __init__(self, rng):
-        self.rng = rng
-
-    def int(self, lo, hi):
-        return int(self.rng.integers(lo, hi + 1))
-
-    def choice(self, options):
-        options = list(options)
-        return options[self.int(0, len(options) - 1)]
-
-
 def test_a_planted_bug_halving_the_error_is_caught(monkeypatch):
     rng = np.random.default_rng(5)
-    case = build_fully_connected(_Seeded(rng), dtype="float64")
+    case = build_fully_connected(RandomDraws(rng), dtype="float64")
     A, b, c, lower, upper = _affine_set(np.random.default_rng(1), case.shape, "float64", 2)
     c = np.full_like(c, 0.1)
     real, floats = _points(np.random.default_rng(2), A, b, c, lower, upper, "float64", count=24)
