@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     parser.add_argument("--invariant", metavar="NET.npz", help="a net trained with refcert train --spec rotate:15")
     parser.add_argument("--domain", default="deeppoly")
     parser.add_argument("--specs", nargs="+", default=list(SPLITS))
-    parser.add_argument("--nets", nargs="+", default=list(NETS))
+    parser.add_argument("--nets", nargs="*", default=list(NETS), help="shipped nets (none: only --invariant)")
     args = parser.parse_args(argv)
     x, y, source = mnist_images.first(args.n)
     nets = [(name, weights.load(name)) for name in args.nets]
