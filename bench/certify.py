@@ -9,7 +9,10 @@ images; random nets have many unstable ReLUs, so they are a hard case for the do
 DiffAI-trained ConvSmall and ConvBig shipped in datasets/weights/ (eps 0.1, the shipped mnist-mini test
 images).  ``--eps`` overrides every net's radius.  Measures ``spec.margin_bounds`` on an L∞ ball (the
 attack is not timed) at batch 1 and at each of ``--batches``, and reports the fastest; the baseline is
-the concrete forward pass of the same net in the same run (column "x forward").  Each measurement has a
+the concrete forward pass of the same net in the same run (column "x forward").  A domain name with
+``-dense`` appended (``deeppoly-dense``) runs that domain with the dense back-substitution rule
+(``backsub.PATCHES`` off: every row over whole layers), the baseline of the receptive-field rule; each
+such pair gets a line with the ratio of the two, measured in the same run.  Each measurement has a
 wall-clock limit (SIGALRM) and the process a memory limit (--max-memory-gb); a run that exceeds either
 prints "timeout" / "out of memory" and the bench moves on.
 """
@@ -28,6 +31,10 @@ import refcert
 from refcert import backends, datasets, domains, nn, spec
 from refcert.autodiff import Tensor, no_grad
 from refcert.certify import ball_domains
+from refcert.domains import backsub
+
+#: appended to a domain name: that domain with the dense back-substitution rule (the baseline)
+DENSE = "-dense"
 
 
 def ffnn(rng):
@@ -90,12 +97,14 @@ def _time_one(fn, limit_s: float) -> float:
 def measure(net, x, y, eps, domain, batch, limit_s, repeat):
     """ms per image (best of ``repeat``) for margin bounds on a batch, or a string saying why not."""
     xb, yb = x[:batch], y[:batch]
+    dense = domain.endswith(DENSE)
     if domain == "forward":
         run = lambda: net(Tensor(xb)).numpy()
     else:
-        ball = domains.get(domain).linf_ball
+        ball = domains.get(domain[:-len(DENSE)] if dense else domain).linf_ball
         run = lambda: spec.margin_bounds(net, ball(Tensor(xb), eps), yb).numpy()
     best = float("inf")
+    saved, backsub.PATCHES = backsub.PATCHES, not dense
     try:
         with no_grad():
             for _ in range(repeat):
@@ -105,6 +114,8 @@ def measure(net, x, y, eps, domain, batch, limit_s, repeat):
         return "timeout" if best == float("inf") else 1000 * best / len(xb)
     except MemoryError:
         return "out of memory"
+    finally:
+        backsub.PATCHES = saved
     return 1000 * best / len(xb)
 
 
@@ -161,6 +172,7 @@ def main(argv=None):
             x = x.astype(args.dtype)
             net.astype(args.dtype)
             forward = measure(net, x, y, eps, "forward", max(args.batches + [1]), 10.0, 3)
+            measured = {}
             for domain in names:
                 left = args.budget - (time.perf_counter() - began)
                 if left <= 0:
@@ -179,6 +191,13 @@ def main(argv=None):
                 ratio = f"{timed[at] / forward:.0f}" if at and not isinstance(forward, str) else "-"
                 print(f"{net_name:<17} {eps:>5} {domain:<11} {one:>11} {best:>9} {at or '-':>8} {ratio:>10}",
                       flush=True)
+                measured[domain] = timed
+            for domain in names:  # the receptive-field rule against the dense rule, batch by batch
+                fast, slow = measured.get(domain, {}), measured.get(domain + DENSE, {})
+                shared = [b for b in fast if b in slow]
+                if shared:
+                    ratios = ", ".join(f"batch {b}: {slow[b] / fast[b]:.1f}x" for b in shared)
+                    print(f"{net_name:<17} {domain}: dense rule / receptive fields = {ratios}", flush=True)
     return 0
 
 

@@ -83,16 +83,19 @@ def register(name: str, transformers: dict, from_bounds: Callable, from_affine: 
 
 
 def get(name: str) -> Domain:
-    """The domain called ``name`` (see ``names()``)."""
-    _load_all()
+    """The domain called ``name`` (see ``names()``); imports only the module that registers it."""
+    if name not in _REGISTRY:
+        _load(_MODULE_OF.get(name))
     if name not in _REGISTRY:
         raise ValueError(f"unknown domain {name!r}; choose one of {names()}")
     return _REGISTRY[name]
 
 
 def names() -> list[str]:
-    _load_all()
-    return list(_REGISTRY)
+    """Every domain, in the order of ``_MODULE_OF`` (then any registered from elsewhere)."""
+    for module in dict.fromkeys(_MODULE_OF.values()):
+        _load(module)
+    return [n for n in _MODULE_OF if n in _REGISTRY] + [n for n in _REGISTRY if n not in _MODULE_OF]
 
 
 def domain_of(element) -> Domain:
@@ -101,14 +104,25 @@ def domain_of(element) -> Domain:
     return get(name) if isinstance(name, str) else get("point")
 
 
-def _load_all():
-    if "point" in _REGISTRY:
+def _load(module: str | None):
+    """Import the module that registers a domain (None: ``point``, registered here); once each."""
+    if module is None:
+        if "point" not in _REGISTRY:
+            from refcert.domains import point
+            register("point", point.TRANSFORMERS, point.from_bounds)
         return
-    from refcert.domains import point
-    register("point", point.TRANSFORMERS, point.from_bounds)
-    for module in _DOMAIN_MODULES:
-        importlib.import_module(f"refcert.domains.{module}")
+    if module not in _loaded:
+        importlib.import_module(f"refcert.domains.{module}")  # registers its domains (``register``)
+        _loaded.add(module)
 
 
-#: modules that register further domains when imported (each calls ``register`` at import time)
-_DOMAIN_MODULES: list[str] = ["box", "zonotope", "deeppoly", "line"]
+#: domain name -> the module that registers it when imported (None: ``point``), in the order of ``names()``;
+#: ``get`` imports only the one it needs (the first certification in a process used to import all)
+_MODULE_OF: dict[str, str | None] = {
+    "point": None, "box": "box",
+    **dict.fromkeys(["deepzono", "zbox", "zdiag", "zswitch", "zsmooth", "hbox", "hdiag", "hswitch", "hsmooth"],
+                    "zonotope"),
+    **dict.fromkeys(["deeppoly", "crown-ibp", "alpha-crown"], "deeppoly"),
+    **dict.fromkeys(["exactline", "approxline"], "line"),
+}
+_loaded: set[str] = set()

@@ -23,20 +23,27 @@ slacks are None and nothing is added.
 Only the *lower* rule exists here: an upper bound of lam·x is −(lower bound of −lam·x), so ``bounds``
 stacks the rows [I; −I] and runs one pass.  At the input, Σ max(lam,0)·l + min(lam,0)·u is the exact
 minimum of the linear form over the box.  Everything is autodiff ops (gradients reach weights and input
-bounds).  Proof: proofs/deeppoly.md §1, §5.
+bounds); when no gradient is recorded, the rows of a convolution's neurons go down through their
+receptive fields only (``patches.py``) while the layers are images.  Proof: proofs/deeppoly.md §1, §5.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from refcert import autodiff as ad
 from refcert import backends, fp
 from refcert.autodiff import Tensor
-from refcert.domains import point
+from refcert.domains import patches, point
 
 #: rows × (largest layer size) × batch elements per chunk of lam (2^24 float64 = 128 MiB)
 CHUNK_ELEMENTS = 2 ** 24
+
+#: a convolution's neurons are back-substituted through their receptive fields (``patches``) when no
+#: gradient is recorded; False: always the dense rule (the reference the tests compare against)
+PATCHES = True
 
 
 @dataclass(frozen=True)
@@ -248,7 +255,20 @@ def lower_bounds(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Te
     lam, c, slack = substitute(lam, steps, record)
     if record is not None:
         record.append(("input", lam))
-    bound = _dot_features(lam, input_upper) + _dot_features(ad.relu(lam), input_lower - input_upper)
+    return _concretize(_dense_dots(lam), c, slack, steps, input_lower, input_upper)
+
+
+def _dense_dots(lam: Tensor):
+    """``_concretize``'s dots for dense coefficients lam' (batch', rows, *input shape)."""
+    forms = {"lam": lambda: lam, "pos": lambda: ad.relu(lam), "abs": lambda: ad.abs(lam)}
+    return lambda kind, v: _dot_features(forms[kind](), v)
+
+
+def _concretize(dots, c, slack, steps: tuple, input_lower: Tensor, input_upper: Tensor) -> Tensor:
+    """The end of ``lower_bounds``: min over the input box of lam'·x + c, minus the slack S and the error of
+    these last sums (sound policy).  ``dots(kind, v)`` is Σ_features f(lam')·v per (batch, row) with f the
+    identity ("lam"), max(·, 0) ("pos") or |·| ("abs"); ``steps`` are all the steps substituted through."""
+    bound = dots("lam", input_upper) + dots("pos", input_lower - input_upper)
     bound = bound if c is None else bound + c
     if not fp.policy().sound:  # no rounding slack then; an input set's own error (``from_affine``) still counts
         return bound if slack is None else bound - slack
@@ -257,7 +277,7 @@ def lower_bounds(lam: Tensor, steps: tuple, input_lower: Tensor, input_upper: Te
         slack = fp.compensate(slack, max(size, _largest_layer(steps)) + 2 * _count(steps) + 2)  # gradient
     with ad.no_grad():
         scale = ad.maximum(ad.abs(input_lower), ad.abs(input_upper)) * 3.0
-        last = _dot_features(ad.abs(lam), scale)
+        last = dots("abs", scale)
         last = last if c is None else last + ad.abs(c)
         if slack is not None:
             last = last + ad.constant(slack.value)
@@ -290,6 +310,21 @@ def _largest_layer(steps: tuple) -> int:
     return size
 
 
+def _through_patches(count: int, start: int, stop: int, selected, steps: tuple, shape: tuple,
+                     input_lower: Tensor, input_upper: Tensor) -> Tensor:
+    """``lower_bounds`` of rows start..stop−1 of [E; −E] (E: the unit rows of the ``selected`` neurons of a
+    convolution): patches (``patches.Rows``) through the top ``count`` steps, the dense rule below."""
+    m = selected.shape[0]
+    index = np.arange(start, stop)
+    rows = patches.Rows.unit(backends.to_numpy(selected)[index % m], np.where(index < m, 1.0, -1.0), shape,
+                             input_lower.value.dtype)
+    c, slack = (None if t is None else Tensor(t) for t in rows.substitute(steps[len(steps) - count:]))
+    if count == len(steps):
+        return _concretize(rows.dots, c, slack, steps, input_lower, input_upper)
+    lam, more, extra = substitute(rows.dense(), steps[:len(steps) - count])
+    return _concretize(_dense_dots(lam), _plus(c, more), _plus(slack, extra), steps, input_lower, input_upper)
+
+
 def _signed_unit_rows(start: int, stop: int, neurons, n: int, dtype):
     """Rows start..stop−1 of the (2m, n) matrix [E; −E], E the unit rows of the m ``neurons`` (flat
     indices), built without the whole matrix."""
@@ -307,15 +342,26 @@ def bounds(steps: tuple, shape: tuple, input_lower: Tensor, input_upper: Tensor,
     the neurons wanted (backend int array; default all) — results are then (batch, m), else (batch, *shape).
     ``lower``: the lower-bound pass, (lam, steps, input_lower, input_upper) -> (batch, rows); default
     ``lower_bounds`` (alpha-crown passes its optimised one)."""
-    lower = lower_bounds if lower is None else lower
     xp = backends.current().xp
     n = _size(shape)
     batch = input_lower.shape[0]
     selected = xp.arange(n) if neurons is None else neurons
     m = selected.shape[0]
-    chunk = max(1, CHUNK_ELEMENTS // (batch * max(n, _largest_layer(steps))))
+    plan = None if lower is not None or ad.grad_enabled() or not PATCHES else patches.plan(steps, shape)
+    lower = lower_bounds if lower is None else lower
+    if plan:  # a row's patches, then (if the dense rule finishes) the layers below
+        count, elements, size = plan
+        below = _largest_layer(steps[:len(steps) - count])
+        chunk = max(1, CHUNK_ELEMENTS // (batch * max(elements, size, below)))
+    else:
+        chunk = max(1, CHUNK_ELEMENTS // (batch * max(n, _largest_layer(steps))))
     pieces = []
     for start in range(0, 2 * m, chunk):
+        if plan:  # a convolution's neurons: through their receptive fields (``patches``), then dense
+            stop = min(start + chunk, 2 * m)
+            pieces.append(_through_patches(count, start, stop, selected, steps, tuple(shape), input_lower,
+                                           input_upper))
+            continue
         rows = _signed_unit_rows(start, min(start + chunk, 2 * m), selected, n, input_lower.dtype)
         rows = xp.reshape(rows, (1, -1) + tuple(shape))
         pieces.append(lower(Tensor(rows), steps, input_lower, input_upper))
