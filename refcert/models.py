@@ -109,9 +109,46 @@ def input_shape(dataset: str) -> tuple[int, int, int]:
     return DATASETS[dataset][0]
 
 
-def get(name: str, dataset: str = "mnist", *, seed: int | None = None, dtype: str = "float32") -> nn.Sequential:
-    """A new ``name`` network for ``dataset``; ``seed`` makes its initial weights reproducible."""
+def get(name: str, dataset: str = "mnist", *, seed: int | None = None, dtype: str = "float32",
+        init: str = "default") -> nn.Sequential:
+    """A new ``name`` network for ``dataset``; ``seed`` makes its initial weights reproducible.  ``init``:
+    "default" (PyTorch's uniform ±1/√fan-in) or "ibp" (``ibp_init``)."""
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; choose one of {names()}")
+    if init not in INITS:
+        raise ValueError(f"unknown initialisation {init!r}; choose one of {INITS}")
     rng = np.random.default_rng(seed) if seed is not None else None
-    return ARCHITECTURES[name](_Builder(dataset, rng, dtype))
+    net = ARCHITECTURES[name](_Builder(dataset, rng, dtype))
+    return ibp_init(net, np.random.default_rng(seed)) if init == "ibp" else net
+
+
+INITS = ("default", "ibp")
+
+
+def ibp_init(net, rng) -> nn.Sequential:
+    """Shi et al., NeurIPS'21 ("Fast certified robust training with short warmup", Sec. 3.1): weights drawn
+    from N(0, σ²) with σ = √(2π)/fan-in for every linear and convolutional layer, biases 0, so that the
+    expected width of interval bounds stays the same from layer to layer at initialisation (instead of
+    growing with depth).  In place; returns the net."""
+    for layer in _affine_layers(net):
+        weight = layer.params["weight"]
+        fan_in = int(np.prod(weight.shape[1:]))
+        sigma = np.sqrt(2 * np.pi) / fan_in
+        weight.value = rng.normal(0.0, sigma, weight.shape).astype(weight.value.dtype)
+        if layer.params.get("bias") is not None:
+            layer.params["bias"].value = layer.params["bias"].value * 0
+    return net
+
+
+def _affine_layers(module):
+    """The linear and convolutional layers of ``module``, nested Sequentials and Residual blocks included."""
+    structure = getattr(module, "structure", None)
+    if structure == "sequential":
+        for layer in module.layers:
+            yield from _affine_layers(layer)
+    elif structure == "residual":
+        yield from _affine_layers(module.block)
+        if module.shortcut is not None:
+            yield from _affine_layers(module.shortcut)
+    elif getattr(module, "op", None) in ("linear", "conv2d"):
+        yield module

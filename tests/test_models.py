@@ -64,3 +64,22 @@ def test_unknown_names_fail_clearly():
         models.get("resnet")
     with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
         models.get("convsmall", "svhn")
+
+
+def test_ibp_initialisation_follows_shi_et_al():
+    """Shi et al. (NeurIPS'21) Sec. 3.1: N(0, (√(2π)/fan-in)²) weights, zero biases, every affine layer
+    (residual blocks included), reproducible by seed; an unknown scheme is refused."""
+    from refcert import models
+    net = models.get("skipnet", "mnist", seed=3, init="ibp")
+    layers = list(models._affine_layers(net))
+    assert len(layers) == 6
+    for layer in layers:
+        w = layer.params["weight"].numpy()
+        sigma = np.sqrt(2 * np.pi) / np.prod(w.shape[1:])
+        assert abs(w.std() / sigma - 1) < 0.2 and abs(w.mean()) < 4 * sigma / np.sqrt(w.size) + 1e-12
+        assert not np.any(layer.params["bias"].numpy())
+    again = models.get("skipnet", "mnist", seed=3, init="ibp")
+    assert all(np.array_equal(a.params["weight"].numpy(), b.params["weight"].numpy())
+               for a, b in zip(layers, models._affine_layers(again)))
+    with pytest.raises(ValueError, match="initialisation"):
+        models.get("convsmall", init="xavier")

@@ -55,6 +55,8 @@ def add_arguments(parser):
     add("--resume", action="store_true", help="continue the run saved in --out")
     add("--overwrite", action="store_true", help="start again in an --out that holds a run (deletes its model.npz, "
         "checkpoint.npz and metrics.csv)")
+    add("--init-scheme", default="default", choices=models.INITS, help="initial weights: PyTorch's default, or "
+        "ibp (Shi et al. NeurIPS'21: N(0, (sqrt(2 pi)/fan-in)^2), biases 0, interval widths stable with depth)")
     add("--init", metavar="NET.npz", help="start from these weights (a refcert.save file of the same --model), "
         "e.g. a standard-trained net to fine-tune with diffai")
     add("--quiet", action="store_true", help="no progress bar")
@@ -73,7 +75,7 @@ def resume_command(args) -> str:
 
 
 def run(args):
-    net = models.get(args.model, args.data, seed=args.seed)
+    net = models.get(args.model, args.data, seed=args.seed, init=args.init_scheme)
     if args.init:  # a checkpoint found by --resume replaces these weights
         copy_weights(net, refcert.load(args.init), f"--init {args.init}")
     config = TrainConfig(method=args.method, domain=args.domain, eps=args.eps, epochs=args.epochs,
