@@ -150,10 +150,10 @@ def _attack(net, x, labels, geo, lower, upper, eps, clip, steps, rng, execution)
     budget = 3 * ATTACK_POINTS // 4                      # a grid in every piece (a random subset of pieces'
     per_piece = min(GRID, max(1, int((budget / K) ** (1 / max(k, 1)))))  # centres when there are more)
     if K * per_piece ** k <= budget:
-        grid = np.concatenate([_grid(lower[j], upper[j], per_piece) for j in range(K)])
+        grid = np.concatenate([geometric.grid(lower[j], upper[j], per_piece) for j in range(K)])
     else:
         grid = ((lower + upper) / 2)[rng.permutation(K)[:budget]]
-    corners = _grid(geo.lower, geo.upper, 2)
+    corners = geometric.grid(geo.lower, geo.upper, 2)
     spread = geo.lower + (geo.upper - geo.lower) * rng.random((ATTACK_POINTS - len(grid) - len(corners), k))
     params = np.concatenate([grid, corners, spread])
     out = {}
@@ -188,7 +188,3 @@ def _executed(images, execution):
     """The images as the execution precision holds them (float64 values of those floats)."""
     return images.astype(execution).astype(np.float64) if execution in ("float32", "float64") else images
 
-
-def _grid(lo, hi, n):
-    axes = [np.linspace(a, b, n if b > a else 1) for a, b in zip(lo, hi)]
-    return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(axes))

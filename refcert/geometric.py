@@ -150,10 +150,15 @@ def pieces(spec, splits: int):
     return pick(0), pick(1)
 
 
+def grid(lower, upper, n: int):
+    """Parameters (N, k) of a grid on the box [lower, upper] (k,): n points per non-degenerate parameter."""
+    return _grid([_points(lo, hi, n if hi > lo else 1) for lo, hi in zip(lower, upper)])
+
+
 def grid_values(image, spec, lower, upper, n: int):
     """(params (N, k), transform(image, spec, params)): n points per non-degenerate parameter of one piece."""
     lower, upper, _ = _box_args(spec, lower, upper)
-    p = _grid([_points(lo, hi, n if hi > lo else 1) for lo, hi in zip(lower[0], upper[0])])
+    p = grid(lower[0], upper[0], n)
     return p, transform(image, spec, p)
 
 
