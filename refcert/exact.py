@@ -6,7 +6,7 @@ Programming", ICLR'19, Sec. 4.1; Cheng et al. 2017) is solved with HiGHS through
 (input coordinates, ReLU/max outputs); an unstable ReLU y = max(0, z), l < 0 < u, adds y ∈ [0, u], a
 binary δ and  y ≥ z,  y ≤ z − l(1 − δ),  y ≤ u δ, which is *exactly* the graph of ReLU on [l, u]
 (δ = 1: y = z ≥ 0; δ = 0: y = 0 ≥ z).  l, u are interval bounds of the expression over the variables'
-own bounds, hence sound.  Supported layers: linear, conv2d, normalize, flatten, permute, avg_pool2d (all affine,
+own bounds, hence sound.  Supported layers: linear, conv2d, normalize, batchnorm, flatten, permute, avg_pool2d (all affine,
 turned into dense matrices by evaluating the layer on the unit vectors), relu, max_pool2d, Residual.
 "Exact" means up to HiGHS's tolerances (about 1e-7); every point returned is re-evaluated by the
 concrete network.  Proof and caveats: proofs/exact_milp.md.
@@ -32,7 +32,7 @@ from refcert import domains, nn
 from refcert.autodiff import no_grad
 from refcert.certify import ball_domains
 
-_AFFINE_OPS = ("linear", "conv2d", "normalize", "flatten", "permute", "avg_pool2d")
+_AFFINE_OPS = ("linear", "conv2d", "normalize", "batchnorm", "flatten", "permute", "avg_pool2d")
 _WIDEN = 1e-7  # relative + absolute widening of big-M bounds against rounding
 
 
@@ -168,6 +168,7 @@ def _encode(program, module, A, c, shape, deadline=math.inf):
 
 
 def _build(net, lower, upper, deadline=math.inf):
+    nn.check_evaluation_mode(net)
     lower, upper = (np.asarray(getattr(a, "value", a), dtype=np.float64) for a in (lower, upper))
     if lower.shape != upper.shape or lower.shape[:1] != (1,):
         raise ValueError(f"exact bounds take one box (batch 1): lower {lower.shape}, upper {upper.shape}")

@@ -1,6 +1,6 @@
 """The one interpreter loop: run a network's layers on any domain element (DESIGN.md).
 
-``run(layers, x)`` looks up the table of x's domain and applies ``table[layer.op](x, **layer.params)``
+``run(layers, x)`` looks up the table of x's domain and applies ``table[layer.op](x, **layer.arguments(x))``
 layer by layer.  Two structural layers are handled here: ``Sequential`` (run its layers in order) and
 ``Residual`` (run the block and the shortcut on the same input, merge with the table's ``add``, which
 is told the branch point ``origin`` so domains can keep shared noise symbols shared).
@@ -26,5 +26,5 @@ def run(layers, x):
             if layer.op not in table:
                 raise NotImplementedError(
                     f"domain {domains.domain_of(x).name!r} has no transformer for layer op {layer.op!r}")
-            x = table[layer.op](x, **layer.params)
+            x = table[layer.op](x, **layer.arguments(x))
     return x

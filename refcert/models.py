@@ -10,6 +10,10 @@ networks take pixels in [0, 1] and certificates talk about pixel-space balls.  `
 - ``skipnet``: a small residual net (conv16, one residual block of two 3×3 conv16, conv32 s2, FC100);
 - ``ffnn-small`` (2×100) and ``convtiny`` (conv(8, k4, s2), FC50): quick to train and certify, for demos.
 
+Every name with ``-bn`` appended (``convsmall-bn``) is the same network with batch normalisation
+(``nn.BatchNorm``) between each convolution or hidden fully connected layer and its ReLU (not inside
+residual blocks), as Shi et al. (NeurIPS'21, Sec. 3.2) add it for certified training.
+
 The generative-specification models (issue 7, ``refcert.generative``) are re-exported here:
 ``autoencoder(latent_dim, hidden)`` → (encoder, decoder with a ReLU-only hard-sigmoid head, so the
 decoder stays piecewise linear for ExactLine), ``mlp_classifier`` (784-hidden-10), ``compose(decoder,
@@ -39,11 +43,11 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
 class _Builder:
     """Tracks the feature shape while layers are appended, so FC sizes are computed, not hard-coded."""
 
-    def __init__(self, dataset: str, rng, dtype: str):
+    def __init__(self, dataset: str, rng, dtype: str, batchnorm: bool = False):
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r} for a model; choose one of {sorted(DATASETS)}")
         self.shape, mean, std, self.classes = DATASETS[dataset]
-        self.rng, self.dtype = rng, dtype
+        self.rng, self.dtype, self.batchnorm = rng, dtype, batchnorm
         self.layers = [nn.Normalize(mean, std, dtype=dtype)]
 
     def conv(self, channels: int, kernel: int, stride: int, padding: int, relu: bool = True):
@@ -62,6 +66,8 @@ class _Builder:
 
     def _add(self, layer, relu: bool):
         self.layers.append(layer)
+        if relu and self.batchnorm:
+            self.layers.append(nn.BatchNorm(self.shape[0], dtype=self.dtype))
         if relu:
             self.layers.append(nn.ReLU())
         return self
@@ -99,7 +105,7 @@ ARCHITECTURES = {
 
 
 def names() -> list[str]:
-    return list(ARCHITECTURES)
+    return list(ARCHITECTURES) + [f"{name}-bn" for name in ARCHITECTURES]
 
 
 def input_shape(dataset: str) -> tuple[int, int, int]:
@@ -113,12 +119,13 @@ def get(name: str, dataset: str = "mnist", *, seed: int | None = None, dtype: st
         init: str = "default") -> nn.Sequential:
     """A new ``name`` network for ``dataset``; ``seed`` makes its initial weights reproducible.  ``init``:
     "default" (PyTorch's uniform ±1/√fan-in) or "ibp" (``ibp_init``)."""
-    if name not in ARCHITECTURES:
+    base = name[:-len("-bn")] if name.endswith("-bn") else name
+    if base not in ARCHITECTURES:
         raise ValueError(f"unknown model {name!r}; choose one of {names()}")
     if init not in INITS:
         raise ValueError(f"unknown initialisation {init!r}; choose one of {INITS}")
     rng = np.random.default_rng(seed) if seed is not None else None
-    net = ARCHITECTURES[name](_Builder(dataset, rng, dtype))
+    net = ARCHITECTURES[base](_Builder(dataset, rng, dtype, batchnorm=base != name))
     return ibp_init(net, np.random.default_rng(seed)) if init == "ibp" else net
 
 

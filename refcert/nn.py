@@ -40,6 +40,11 @@ class Module:
     def __call__(self, x):
         return interpret.run([self], x)
 
+    def arguments(self, x) -> dict:
+        """The keyword arguments of ``op`` for input ``x`` (a batch or an abstract element): ``params``,
+        except for a layer whose op arguments are derived (``BatchNorm``)."""
+        return self.params
+
     def config(self) -> dict:
         """Constructor arguments (JSON-serialisable), used by refcert.save."""
         return {}
@@ -124,6 +129,86 @@ class Normalize(Module):
     def config(self):
         mean = self.params["mean"].numpy()
         return {"mean": mean.tolist(), "std": self.params["std"].numpy().tolist(), "dtype": str(mean.dtype)}
+
+
+class BatchNorm(Module):
+    """Batch normalisation (Ioffe & Szegedy, ICML'15) per channel (the first feature axis; a flat layer's
+    features are its channels).  Its op is the per-channel affine map y = x·scale + shift with
+    scale = weight / √(var + eps) and shift = bias − mean·scale (``arguments``), which every domain treats
+    like any affine layer: in evaluation mode mean and var are the running statistics, so the layer is
+    one fixed affine map, and that map (scale and shift as computed) is what a certificate is about.
+
+    Training mode (``set_training(net, True)``, as ``refcert.train`` does): a call on a concrete batch
+    normalises with the batch's own mean and (biased) variance, keeps them for the abstract elements that
+    follow (the abstract pass of the same step uses the clean batch's statistics, as Shi et al. (NeurIPS'21,
+    Sec. 3.2) and auto_LiRPA do) and moves the running statistics towards them (momentum, PyTorch's
+    convention: the running variance takes the unbiased estimate).  ``weight`` and ``bias`` are trained;
+    ``running_mean`` and ``running_var`` are saved with them but never receive a gradient."""
+    op = "batchnorm"
+
+    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1, *, dtype="float32"):
+        super().__init__()
+        self.channels, self.eps, self.momentum = int(channels), float(eps), float(momentum)
+        if self.channels < 1 or not self.eps > 0 or not 0 <= self.momentum <= 1:
+            raise ValueError(f"BatchNorm needs channels >= 1, eps > 0 and momentum in [0, 1], got "
+                             f"{channels}, {eps}, {momentum}")
+        ones, zeros = np.ones(self.channels, dtype=dtype), np.zeros(self.channels, dtype=dtype)
+        self.params = {"weight": Tensor(ones, requires_grad=True), "bias": Tensor(zeros.copy(), requires_grad=True),
+                       "running_mean": Tensor(zeros.copy(), requires_grad=True),
+                       "running_var": Tensor(ones.copy(), requires_grad=True)}
+        self.training, self.batch_stats = False, None
+
+    def config(self):
+        return {"channels": self.channels, "eps": self.eps, "momentum": self.momentum,
+                "dtype": str(self.params["weight"].numpy().dtype)}
+
+    def _statistics(self, x):
+        """(mean, var) to normalise ``x`` with: running statistics in evaluation mode; in training mode the
+        batch's own for a concrete ``x`` (updating the running ones), the last batch's for an abstract one."""
+        from refcert import autodiff as ad
+        if not self.training:
+            return ad.constant(self.params["running_mean"].value), ad.constant(self.params["running_var"].value)
+        if hasattr(x, "domain"):
+            if self.batch_stats is None:
+                raise RuntimeError("BatchNorm in training mode: run the clean batch through the network before "
+                                   "an abstract element, so the element can use the batch's statistics")
+            return self.batch_stats
+        x = ad.as_tensor(x)
+        if x.ndim < 2 or x.shape[1] != self.channels:
+            raise ValueError(f"BatchNorm({self.channels}) takes (batch, {self.channels}, ...) inputs, got {tuple(x.shape)}")
+        axes = (0,) + tuple(range(2, x.ndim))
+        shape = (1, self.channels) + (1,) * (x.ndim - 2)
+        mean = ad.mean(x, axis=axes)
+        centred = x - ad.reshape(mean, shape=shape)
+        var = ad.mean(centred * centred, axis=axes)
+        count = int(np.prod(x.shape)) // self.channels
+        m = self.momentum
+        running = self.params
+        running["running_mean"].value = ((1 - m) * running["running_mean"].value + m * mean.value).astype(
+            running["running_mean"].value.dtype)
+        unbiased = var.value * (count / max(count - 1, 1))
+        running["running_var"].value = ((1 - m) * running["running_var"].value + m * unbiased).astype(
+            running["running_var"].value.dtype)
+        self.batch_stats = (mean, var)
+        return self.batch_stats
+
+    def arguments(self, x) -> dict:
+        """{"scale", "shift"} of the affine map y = x·scale + shift (per channel) for input ``x``."""
+        from refcert import autodiff as ad
+        mean, var = self._statistics(x)
+        scale = self.params["weight"] / ad.sqrt(var + self.eps)
+        return {"scale": scale, "shift": self.params["bias"] - mean * scale}
+
+
+def set_training(net: Module, training: bool = True) -> Module:
+    """Put every ``BatchNorm`` of ``net`` in training (True) or evaluation (False) mode; returns net."""
+    stack = [net]
+    while stack:
+        module = stack.pop()
+        if isinstance(module, BatchNorm):
+            module.training, module.batch_stats = bool(training), None
+        stack.extend(module.children())
+    return net
 
 
 class _Parameterless(Module):
@@ -267,13 +352,35 @@ def tensors(net):
         for key, value in module.params.items():
             if isinstance(value, Tensor):
                 yield f"{prefix}{type(module).__name__}.{key}", module, value.numpy()
+        if isinstance(module, BatchNorm) and not module.training:  # the op's own (derived) constants
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # check_finite names bad ones
+                arguments = module.arguments(None)
+            for key, value in arguments.items():
+                yield f"{prefix}{type(module).__name__}.{key}", module, value.numpy()
+        stack[:0] = [(child, f"{prefix}{i}.") for i, child in enumerate(module.children())]
+
+
+def check_evaluation_mode(net) -> None:
+    """Refuse a network with a ``BatchNorm`` in training mode: there each concrete call is a training batch
+    (its own statistics; the running ones move), so no fixed function is certified or exported."""
+    stack = [(net, "")]
+    while stack:
+        module, prefix = stack.pop(0)
+        if isinstance(module, BatchNorm) and module.training:
+            raise ValueError(f"layer {prefix}BatchNorm is in training mode (each call would use its own batch "
+                             f"statistics): call refcert.nn.set_training(net, False) first")
         stack[:0] = [(child, f"{prefix}{i}.") for i, child in enumerate(module.children())]
 
 
 def check_finite(net) -> None:
     """Refuse a network that no certificate can be about: a NaN or infinite weight, bias or normalisation
-    constant, or a normalisation std that is not > 0.  Raises ValueError naming the layer and parameter."""
+    constant, a normalisation std that is not > 0, a negative batch-norm running variance, or a batch
+    normalisation in training mode.  Raises ValueError naming the layer and parameter."""
+    check_evaluation_mode(net)
     for name, module, array in tensors(net):
+        if name.endswith("BatchNorm.running_var") and np.any(array < 0):
+            raise ValueError(f"layer parameter {name} has negative values (down to {array.min():.3g}); "
+                             f"a variance must be >= 0")
         bad = ~np.isfinite(array)
         if bad.any():
             raise ValueError(f"layer parameter {name} has {int(bad.sum())} NaN or infinite value(s) of {array.size}; "
@@ -305,5 +412,5 @@ def parameter_dtype(net) -> str | None:
 
 
 #: layer classes by name, for refcert.save / refcert.load
-LAYER_TYPES = {cls.__name__: cls for cls in (Linear, Conv2d, Normalize, ReLU, Sigmoid, Tanh, Flatten, Permute,
+LAYER_TYPES = {cls.__name__: cls for cls in (Linear, Conv2d, Normalize, BatchNorm, ReLU, Sigmoid, Tanh, Flatten, Permute,
                                              AvgPool2d, MaxPool2d, Sequential, Residual)}

@@ -10,8 +10,14 @@
   upper-bounds the cross-entropy of every point of the set; or the margin form softplus(max_j −lb_j);
 - ``crown-ibp`` (Zhang et al., ICLR'20, Eq. 9): the same with lb = β·lb_CROWN-IBP + (1 − β)·lb_IBP, β 1 → 0.
 
-ε and κ ramp linearly per batch from 0 over the first ``ramp_epochs`` epochs (then stay); β falls from
-1 to 0 over the same ramp.  Learning rate: step decay (× ``lr_gamma`` every ``lr_step`` epochs).
+ε and κ ramp per batch from 0 over ``ramp_epochs`` epochs that start after ``ramp_start`` epochs of
+clean training (then stay); β falls from 1 to 0 over the same ramp.  The ramp is linear, or with
+``schedule="smooth"`` the short warm-up of Shi et al. (NeurIPS'21, Sec. 4, after Xu et al. 2020's
+auto_LiRPA): polynomial growth (t/m)⁴ over the first quarter m of the ramp, then linear, with the
+slopes equal where they meet, so ε stays tiny while the bounds are loose at initialisation.
+Networks with batch normalisation (``nn.BatchNorm``) train in training mode: each batch is normalised
+with its own statistics and the abstract pass uses the clean batch's (the clean forward runs first);
+metrics, attacks and the saved model use evaluation mode.  Learning rate: step decay (× ``lr_gamma`` every ``lr_step`` epochs).
 Gradients are clipped to norm ``clip_grad`` (DiffAI's default 1).  After every epoch, in this order,
 one metrics row is appended (and flushed) to ``metrics.csv``, then ``model.npz`` and ``checkpoint.npz``
 are written atomically; ``resume=True`` continues from the checkpoint with the same weights, optimiser
@@ -34,13 +40,14 @@ import time
 
 import numpy as np
 
-from refcert import attacks, domains, fp, geometric, optim, runs, spec
+from refcert import attacks, domains, fp, geometric, nn, optim, runs, spec
 from refcert import autodiff as ad
 from refcert.autodiff import Tensor
 from refcert.checkpoint import load_checkpoint, save_checkpoint
 
 METHODS = ("standard", "pgd", "diffai", "crown-ibp")
 LOSS_FORMS = ("ce", "margin")
+SCHEDULES = ("linear", "smooth")
 METRICS = ("epoch", "lr", "eps", "kappa", "loss", "train_accuracy", "val_accuracy", "seconds")
 INTEGERS = ("epochs", "batch_size", "pgd_steps", "lr_step", "splits")
 LIMITS = {  # numeric setting: (test of a finite value, what the error message asks for)
@@ -53,6 +60,7 @@ LIMITS = {  # numeric setting: (test of a finite value, what the error message a
     "eps": (lambda v: v >= 0, "a finite number >= 0"),
     "kappa": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "ramp_epochs": (lambda v: v >= 0, "a finite number >= 0"),
+    "ramp_start": (lambda v: v >= 0, "a finite number >= 0"),
     "clip_grad": (lambda v: v >= 0, "a finite number >= 0 (0: no clipping)"),
     "splits": (lambda v: v >= 1, "an integer >= 1"),
 }
@@ -68,7 +76,9 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adam"       # adam | sgd (momentum 0.9)
     kappa: float = 0.5            # final weight of the abstract loss (diffai, crown-ibp)
-    ramp_epochs: float = 1.0      # epochs over which eps and kappa grow linearly from 0
+    ramp_epochs: float = 1.0      # epochs over which eps and kappa grow from 0
+    ramp_start: float = 0.0       # epochs of clean training before the ramp starts
+    schedule: str = "linear"      # linear | smooth (Shi et al.'s warm-up: (t/m)^4, then linear)
     loss_form: str = "ce"         # ce | margin (abstract loss form)
     lr_step: int = 0              # epochs between learning-rate decays (0: constant)
     lr_gamma: float = 0.1
@@ -84,6 +94,8 @@ class TrainConfig:
     def check(self) -> "TrainConfig":
         if self.method not in METHODS:
             raise ValueError(f"unknown training method {self.method!r}; choose one of {METHODS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
         if self.loss_form not in LOSS_FORMS:
             raise ValueError(f"unknown loss form {self.loss_form!r}; choose one of {LOSS_FORMS}")
         if self.optimizer not in ("adam", "sgd"):
@@ -106,10 +118,25 @@ def make_optimizer(net, config: TrainConfig):
     return optim.SGD(net.parameters(), lr=config.lr, momentum=0.9)
 
 
+#: the smooth schedule's knee (fraction of the ramp) and exponent (Shi et al.'s and auto_LiRPA's defaults)
+SMOOTH_MID, SMOOTH_POWER = 0.25, 4.0
+
+
 def schedule(config: TrainConfig, step: int, batches_per_epoch: int) -> float:
-    """Ramp fraction in [0, 1] after ``step`` batches (counting the current one)."""
+    """Ramp fraction in [0, 1] after ``step`` batches (counting the current one): 0 during the first
+    ``ramp_start`` epochs, then rising over ``ramp_epochs`` epochs (linearly, or "smooth": a·(t/m)^p up to
+    the knee m, linear after it; a = 1/(1 + p(1 − m)/m) makes the two slopes equal at m), then 1."""
+    t = step - config.ramp_start * batches_per_epoch
     ramp = config.ramp_epochs * batches_per_epoch
-    return 1.0 if ramp <= 0 else min(1.0, step / ramp)
+    if t <= 0:
+        return 0.0
+    t = 1.0 if ramp <= 0 else min(1.0, t / ramp)
+    if config.schedule == "linear":
+        return t
+    knee = 1.0 / (1.0 + SMOOTH_POWER * (1.0 - SMOOTH_MID) / SMOOTH_MID)
+    if t < SMOOTH_MID:
+        return knee * (t / SMOOTH_MID) ** SMOOTH_POWER
+    return knee + (1.0 - knee) * (t - SMOOTH_MID) / (1.0 - SMOOTH_MID)
 
 
 def abstract_loss(lower: Tensor, form: str) -> Tensor:
@@ -157,7 +184,9 @@ def batch_loss(net, x, y, config: TrainConfig, ramp: float, rng) -> tuple[Tensor
         pieces = (lo, hi)
     if config.method == "pgd":
         if eps > 0:
+            nn.set_training(net, False)  # the attack leaves batch-norm statistics alone
             x = attacks.pgd(net, x, y, eps, steps=config.pgd_steps, loss="ce", rng=rng).points.value
+            nn.set_training(net, True)
         logits = net(Tensor(x))
         return ad.cross_entropy(logits, y), logits
     logits = net(Tensor(x))
@@ -203,7 +232,10 @@ def train(net, x, y, config: TrainConfig, out=None, resume: bool = False, val=No
     out, log = None if out is None else pathlib.Path(out), log or runs.to_stderr
     with contextlib.nullcontext() if out is None else runs.lock(out, log=log):
         start, rows = (0, []) if out is None else _open_run(out, net, optimizer, rng, config, resume, overwrite, log)
-        _epochs(net, x, y, config, optimizer, rng, start, rows, out, val, progress, callback)
+        try:
+            _epochs(net, x, y, config, optimizer, rng, start, rows, out, val, progress, callback)
+        finally:
+            nn.set_training(net, False)
     return rows
 
 
@@ -238,6 +270,7 @@ def _epochs(net, x, y, config, optimizer, rng, start, rows, out, val, progress, 
         order = rng.permutation(len(y))
         total, hits = 0.0, 0
         bar = progress_bar(per_epoch, f"epoch {epoch + 1}/{config.epochs}") if progress else None
+        nn.set_training(net, True)
         for b in range(per_epoch):
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
             ramp = schedule(config, epoch * per_epoch + b + 1, per_epoch)
@@ -252,6 +285,7 @@ def _epochs(net, x, y, config, optimizer, rng, start, rows, out, val, progress, 
             if bar is not None:
                 bar.set_postfix(loss=f"{total / ((b + 1) * config.batch_size):.4f}")
                 bar.update(1)
+        nn.set_training(net, False)
         if bar is not None:
             bar.close()
         ramp = schedule(config, (epoch + 1) * per_epoch, per_epoch)

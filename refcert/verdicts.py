@@ -123,7 +123,7 @@ def _expected(net) -> str:
             return f" (its first Linear layer expects {layer.params['weight'].shape[-1]} features)"
         if layer.op == "conv2d":
             return f" (its first Conv2d layer expects {layer.params['weight'].shape[1]} channels, NCHW)"
-        if layer.op not in ("normalize", "flatten", "permute", "relu", "sigmoid", "tanh"):
+        if layer.op not in ("normalize", "batchnorm", "flatten", "permute", "relu", "sigmoid", "tanh"):
             break
     return ""
 

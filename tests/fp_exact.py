@@ -27,7 +27,9 @@ This module gives the tests what they need to check that with zero tolerance:
 Layer semantics follow refcert/nn.py, refcert/domains/point.py and refcert/autodiff_conv.py: linear
 y = x Wᵀ + b; conv2d is NCHW cross-correlation with weight (O, C, kh, kw), stride and zero padding;
 normalize is (x − mean) / std per channel (the first feature axis; one constant for all features when
-there is a single channel); avg_pool2d counts the zero padding in the mean (divides by k²); max_pool2d
+there is a single channel); batchnorm (evaluation mode) is x·scale + shift per channel, the same way, with
+scale and shift the floats ``layer.arguments(None)`` computes from the running statistics (read exactly;
+float passes: fl(fl(x·scale) + shift), or fma(x, scale, shift) in the "fma" order); avg_pool2d counts the zero padding in the mean (divides by k²); max_pool2d
 pads with −inf; Residual(block, shortcut) = block(x) + shortcut(x).
 """
 from __future__ import annotations
@@ -252,6 +254,22 @@ def _exact_normalize(x: Interval, layer) -> Interval:
     return x.map(lambda v: (v - mean) / std)   # std > 0: increasing
 
 
+def batchnorm_constants(layer, ndim):
+    """(scale, shift) of an evaluation-mode ``nn.BatchNorm`` as float arrays shaped to broadcast over
+    (P, *features) of ``ndim`` axes: the constants of its op, as refcert computes them."""
+    if getattr(layer, "training", False):
+        raise NotImplementedError("the reference evaluators model BatchNorm in evaluation mode only")
+    q = layer.arguments(None)
+    scale, shift = (np.asarray(q[key].numpy()) for key in ("scale", "shift"))
+    shape = channel_shape(ndim, scale.shape[0])
+    return scale.reshape(shape), shift.reshape(shape)
+
+
+def _exact_batchnorm(x: Interval, layer) -> Interval:
+    scale, shift = batchnorm_constants(layer, len(x.shape))
+    return x.affine(lambda v, s: v * s, to_fractions(scale), to_fractions(shift))   # the sign of s picks the end
+
+
 def _exact_pool(x: Interval, layer, kind) -> Interval:
     k, stride, padding = (layer.params[key] for key in ("kernel_size", "stride", "padding"))
     if kind == "max":
@@ -274,6 +292,8 @@ def _exact_leaf(layer, x: Interval) -> Interval:
         return _exact_conv(x, layer)
     if op == "normalize":
         return _exact_normalize(x, layer)
+    if op == "batchnorm":
+        return _exact_batchnorm(x, layer)
     if op == "flatten":
         return x.reshape((x.shape[0], -1))
     if op == "permute":
@@ -456,6 +476,9 @@ def _float_leaf(order):
             shape = channel_shape(x.ndim, layer.params["mean"].shape[0])
             mean, std = (_array(layer, key).astype(dtype).reshape(shape) for key in ("mean", "std"))
             return (x - mean) / std
+        if op == "batchnorm":
+            scale, shift = (c.astype(dtype) for c in batchnorm_constants(layer, x.ndim))
+            return fma(x, scale, shift) if order == "fma" else x * scale + shift
         if op == "flatten":
             return x.reshape(x.shape[0], -1)
         if op == "permute":

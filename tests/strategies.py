@@ -1,7 +1,8 @@
 """Hypothesis strategies shared by the property tests: random networks, input sets, sample points.
 
 ``networks()`` draws a small float64 network over the whole layer vocabulary (FC, conv, residual,
-pools, normalisation, feature permutations, sigmoid/tanh) together with its input shape.  ``input_boxes()`` draws a batch of
+pools, normalisation, batch normalisation in evaluation mode, feature permutations, sigmoid/tanh)
+together with its input shape.  ``input_boxes()`` draws a batch of
 boxes (some coordinates degenerate, radius 0 included).  ``sample_points()`` returns corners, uniform
 points and centres of those boxes.  ``assert_inside()`` is the soundness check every domain test uses.
 """
@@ -19,11 +20,34 @@ def _activation(name):
     return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[name]()
 
 
+def batchnorm_layer(rng, channels, dtype="float64"):
+    """An ``nn.BatchNorm`` in evaluation mode with random statistics: γ of either sign, some of it tiny
+    (1e-3 times), β and the running mean in [−1, 1], the running variance in [0.05, 3]."""
+    layer = nn.BatchNorm(channels, dtype=dtype)
+    gamma = rng.uniform(0.2, 2.0, channels) * rng.choice([1.0, -1.0], channels) \
+        * np.where(rng.uniform(size=channels) < 0.2, 1e-3, 1.0)
+    for key, value in (("weight", gamma), ("bias", rng.uniform(-1, 1, channels)),
+                       ("running_mean", rng.uniform(-1, 1, channels)),
+                       ("running_var", rng.uniform(0.05, 3.0, channels))):
+        layer.params[key].value = np.asarray(value, dtype=dtype)
+    return layer
+
+
 @st.composite
 def networks(draw, image=None, max_depth=4, activations=ACTIVATIONS, residual=True, pools=True,
-             max_outputs=4):
-    """(net, input_shape without batch): a random float64 network with PyTorch-style random weights."""
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+             max_outputs=4, batchnorm=True):
+    """(net, input_shape without batch): a random float64 network with PyTorch-style random weights.
+
+    With ``batchnorm``, each convolution and each hidden linear layer is followed by a ``BatchNorm``
+    (evaluation mode, ``batchnorm_layer``) with probability 1/3; its constants come from a generator of
+    their own, so the other layers' weights are the ones the same seed gives without batch norm."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng, bn_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
+
+    def maybe_batchnorm(channels):
+        if batchnorm and draw(st.integers(0, 2)) == 0:
+            layers.append(batchnorm_layer(bn_rng, channels))
+
     scale = draw(st.sampled_from([0.5, 1.0, 2.0]))
     kw = {"rng": rng, "dtype": "float64"}
     layers = []
@@ -44,6 +68,7 @@ def networks(draw, image=None, max_depth=4, activations=ACTIVATIONS, residual=Tr
                     continue
                 out = draw(st.integers(1, 3))
                 layers.append(nn.Conv2d(c, out, k, s, p, **kw))
+                maybe_batchnorm(out)
                 h = (h + 2 * p - k) // s + 1
                 shape = (out, h, h)
             elif kind == "act":
@@ -71,6 +96,7 @@ def networks(draw, image=None, max_depth=4, activations=ACTIVATIONS, residual=Tr
         elif kind == "linear":
             out = draw(st.integers(1, 6))
             layers.append(nn.Linear(width, out, **kw))
+            maybe_batchnorm(out)
             width = out
         elif kind == "act":
             layers.append(_activation(draw(st.sampled_from(activations))))
@@ -78,8 +104,11 @@ def networks(draw, image=None, max_depth=4, activations=ACTIVATIONS, residual=Tr
             layers.append(nn.Residual(nn.Sequential(nn.Linear(width, width, **kw),
                                                     _activation(draw(st.sampled_from(activations))))))
     layers.append(nn.Linear(width, draw(st.integers(1, max_outputs)), **kw))
+    statistics = {id(layer.params[key]) for layer in layers if getattr(layer, "op", None) == "batchnorm"
+                  for key in ("running_mean", "running_var")}
     for p in nn.Sequential(*layers).parameters():
-        p.value = p.value * scale
+        if id(p) not in statistics:   # weights (γ, β included) scaled; running statistics kept
+            p.value = p.value * scale
     return nn.Sequential(*layers), input_shape
 
 

@@ -336,6 +336,11 @@ def autograd_forward(module, x, weights, prefix=""):
         mean, std = param("mean"), param("std")
         shape = (mean.shape[0],) + (1,) * (x.ndim - 2) if mean.shape[0] > 1 else (1,)
         return (x - anp.reshape(mean, shape)) / anp.reshape(std, shape)
+    if module.op == "batchnorm":  # evaluation mode: x·scale + shift from the running statistics
+        scale = param("weight") / anp.sqrt(param("running_var") + module.eps)
+        shift = param("bias") - param("running_mean") * scale
+        shape = (scale.shape[0],) + (1,) * (x.ndim - 2) if scale.shape[0] > 1 else (1,)
+        return x * anp.reshape(scale, shape) + anp.reshape(shift, shape)
     pools = {"avg_pool2d": (anp.mean, 0.0), "max_pool2d": (anp.max, -np.inf)}
     if module.op in pools:
         return pool_loop(x, p["kernel_size"], p["stride"], p["padding"], *pools[module.op])
@@ -367,6 +372,9 @@ def test_network_loss_gradient_matches_autograd(net_and_shape, seed):
     np.testing.assert_allclose(loss.item(), expected, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(to_numpy(x_tensor.grad), grad_x, rtol=1e-7, atol=1e-10, err_msg="input gradient")
     for name, tensor in named.items():
+        if name.endswith((".running_mean", ".running_var")):   # statistics, not trained: no gradient
+            assert tensor.grad is None, name
+            continue
         np.testing.assert_allclose(to_numpy(tensor.grad), grad_weights[name], rtol=1e-7, atol=1e-10, err_msg=name)
 
 

@@ -8,12 +8,12 @@ from hypothesis import strategies as st
 
 import refcert
 from refcert import autodiff as ad
-from refcert import datasets, domains, models, spec
+from refcert import datasets, domains, models, nn, spec
 from refcert.autodiff import Tensor
 from refcert.certify import certify
 from refcert.checkpoint import load_checkpoint
 from refcert.cli import main as cli
-from refcert.train import TrainConfig, abstract_loss, make_optimizer, train
+from refcert.train import TrainConfig, abstract_loss, make_optimizer, schedule, train
 
 
 @pytest.fixture(scope="module")
@@ -67,21 +67,22 @@ class Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("method,optimizer", [("pgd", "adam"), ("diffai", "sgd")])
-def test_killed_and_resumed_run_ends_with_the_same_weights(mini, tmp_path, method, optimizer):
+@pytest.mark.parametrize("method,optimizer,model", [("pgd", "adam", "convtiny"), ("diffai", "sgd", "convtiny"),
+                                                    ("diffai", "adam", "convtiny-bn")])
+def test_killed_and_resumed_run_ends_with_the_same_weights(mini, tmp_path, method, optimizer, model):
     x, y = mini[0][:150], mini[1][:150]
     config = TrainConfig(method=method, domain="box", eps=0.1, epochs=3, batch_size=50, optimizer=optimizer,
                          ramp_epochs=2, lr_step=2, pgd_steps=2, seed=5)
-    whole = models.get("convtiny", seed=1)
+    whole = models.get(model, seed=1)
     train(whole, x, y, config, out=tmp_path / "a", progress=False)
 
     def kill_after_first_epoch(row):
         if row["epoch"] == 1:
             raise Stop
-    part = models.get("convtiny", seed=1)
+    part = models.get(model, seed=1)
     with pytest.raises(Stop):
         train(part, x, y, config, out=tmp_path / "b", progress=False, callback=kill_after_first_epoch)
-    resumed = models.get("convtiny", seed=99)  # a fresh process would start from other weights
+    resumed = models.get(model, seed=99)  # a fresh process would start from other weights
     train(resumed, x, y, config, out=tmp_path / "b", resume=True, progress=False)
     expected, got = weights(whole), weights(resumed)
     assert all(np.array_equal(expected[k], got[k]) for k in expected)
@@ -133,6 +134,10 @@ def test_bad_settings_fail_clearly(mini, tmp_path):
         TrainConfig(method="diffai", domain="octagon").check()
     with pytest.raises(ValueError, match="kappa"):
         TrainConfig(kappa=1.5).check()
+    with pytest.raises(ValueError, match="unknown schedule"):
+        TrainConfig(schedule="cosine").check()
+    with pytest.raises(ValueError, match="ramp_start"):
+        TrainConfig(ramp_start=-1).check()
     train(models.get("convtiny"), mini[0][:50], mini[1][:50], TrainConfig(epochs=1, batch_size=50), out=tmp_path,
           progress=False)
     with pytest.raises(ValueError, match="cannot resume with different settings.*eps"):
@@ -182,3 +187,48 @@ def test_crown_ibp_mixes_bounds_and_ends_as_ibp(mini):
     half = [spec.margin_bounds(net, domains.get(d).linf_ball(x, 0.025), y) for d in ("crown-ibp", "box")]
     expected = 0.5 * ad.cross_entropy(net(x), y).numpy() + 0.5 * abstract_loss(0.5 * half[0] + 0.5 * half[1], "ce").numpy()
     assert np.isclose(loss.numpy(), expected, rtol=1e-5)
+
+
+def test_ramp_schedules():
+    """linear: t; smooth (Shi et al.): 0 before ramp_start, then a·(t/m)^4 meeting the linear part at the knee
+    with the same value and slope, non-decreasing, 1 at the end of the ramp."""
+    per = 100
+    linear = TrainConfig(ramp_epochs=2)
+    assert [schedule(linear, s, per) for s in (1, 100, 200, 300)] == [0.005, 0.5, 1.0, 1.0]
+    smooth = TrainConfig(ramp_epochs=4, ramp_start=1, schedule="smooth")
+    values = np.array([schedule(smooth, s, per) for s in range(0, 700)])
+    assert np.all(values[:101] == 0) and values[101] > 0 and np.all(values[500:] == 1.0)
+    assert np.all(np.diff(values) >= 0)
+    knee = 100 + 0.25 * 400  # step at the knee
+    slope = lambda a, b: (schedule(smooth, b, per) - schedule(smooth, a, per)) / (b - a)
+    assert schedule(smooth, knee, per) == pytest.approx(1 / 13)
+    assert slope(knee - 1e-3, knee) == pytest.approx(slope(knee, knee + 1e-3), rel=1e-3)
+    assert schedule(smooth, 150, per) < 0.01 < schedule(linear, 50, per)  # tiny eps early in the ramp
+
+
+def test_batchnorm_network_trains_in_training_mode_and_ends_in_evaluation_mode(mini, tmp_path):
+    """Every batch is normalised with its own statistics (the running ones move), the abstract loss uses the
+    clean batch's, and the returned and saved network is in evaluation mode with its running statistics."""
+    x, y = mini[0][:200], mini[1][:200]
+    net = models.get("convtiny-bn", seed=2)
+    norms = [layer for layer in net.layers if isinstance(layer, nn.BatchNorm)]
+    seen = []
+    original = nn.BatchNorm.arguments
+
+    def spy(self, x):
+        seen.append((self.training, hasattr(x, "domain")))
+        return original(self, x)
+    nn.BatchNorm.arguments = spy
+    try:
+        train(net, x, y, TrainConfig(method="diffai", eps=0.1, epochs=1, batch_size=50, ramp_epochs=1),
+              out=tmp_path, progress=False)
+    finally:
+        nn.BatchNorm.arguments = original
+    assert (True, False) in seen and (True, True) in seen  # clean batches and abstract elements, in training mode
+    assert all(not layer.training for layer in norms)
+    assert all(np.any(layer.params["running_mean"].numpy() != 0) for layer in norms)
+    saved = refcert.load(tmp_path / "model.npz")
+    probe = mini[2][:8]
+    assert np.array_equal(saved(probe).numpy(), net(probe).numpy())
+    box = net(domains.get("box").linf_ball(probe, 0.0))
+    assert np.all(box.lower.numpy() <= net(probe).numpy()) and np.all(net(probe).numpy() <= box.upper.numpy())

@@ -17,7 +17,7 @@ import numpy as np
 import refcert
 from refcert import datasets, models
 from refcert.checkpoint import copy_weights
-from refcert.train import LOSS_FORMS, METHODS, TrainConfig, accuracy, train
+from refcert.train import LOSS_FORMS, METHODS, SCHEDULES, TrainConfig, accuracy, train
 
 
 def add_arguments(parser):
@@ -40,6 +40,9 @@ def add_arguments(parser):
     add("--optimizer", default="adam", choices=("adam", "sgd"))
     add("--kappa", type=float, default=0.5, help="final weight of the abstract loss (default 0.5)")
     add("--ramp-epochs", type=float, default=1.0, help="epochs over which eps and kappa ramp up")
+    add("--ramp-start", type=float, default=0.0, help="epochs of clean training before the ramp (default 0)")
+    add("--schedule", default="linear", choices=SCHEDULES, help="shape of the ramp: linear, or smooth (Shi et al. "
+        "NeurIPS'21: (t/m)^4 over the first quarter of the ramp, then linear)")
     add("--loss-form", default="ce", choices=LOSS_FORMS, help="abstract loss form (default ce)")
     add("--lr-step", type=int, default=0, help="decay the learning rate every N epochs (0: never)")
     add("--lr-gamma", type=float, default=0.1, help="learning-rate decay factor")
@@ -80,7 +83,8 @@ def run(args):
         copy_weights(net, refcert.load(args.init), f"--init {args.init}")
     config = TrainConfig(method=args.method, domain=args.domain, eps=args.eps, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, kappa=args.kappa,
-                         ramp_epochs=args.ramp_epochs, loss_form=args.loss_form, lr_step=args.lr_step,
+                         ramp_epochs=args.ramp_epochs, ramp_start=args.ramp_start, schedule=args.schedule,
+                         loss_form=args.loss_form, lr_step=args.lr_step,
                          lr_gamma=args.lr_gamma, clip_grad=args.clip_grad, pgd_steps=args.pgd_steps,
                          seed=args.seed, spec=args.spec, splits=args.splits).check()
     x, y = datasets.load(args.data, "train", root=args.data_root)

@@ -17,7 +17,7 @@ from refcert import autodiff as ad
 from refcert import backends
 
 #: the layer vocabulary every table must cover
-OPS = ("linear", "conv2d", "normalize", "flatten", "permute", "avg_pool2d", "max_pool2d",
+OPS = ("linear", "conv2d", "normalize", "batchnorm", "flatten", "permute", "avg_pool2d", "max_pool2d",
        "relu", "sigmoid", "tanh", "add")
 
 

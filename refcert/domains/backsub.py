@@ -143,6 +143,10 @@ def _through_affine(lam: Tensor, step: AffineStep):
         shape = (p["mean"].shape[0],) + (1,) * (ndim - 1) if p["mean"].shape[0] > 1 else (1,)
         scaled = lam / ad.reshape(p["std"], shape=shape)
         return scaled, -_feature_sum(scaled * ad.reshape(p["mean"], shape=shape))
+    if step.op == "batchnorm":  # x_k = x·s + t: lam ↦ lam·s, constant lam·t
+        ndim = len(step.in_shape)
+        shape = (p["scale"].shape[0],) + (1,) * (ndim - 1) if p["scale"].shape[0] > 1 else (1,)
+        return lam * ad.reshape(p["scale"], shape=shape), _feature_sum(lam * ad.reshape(p["shift"], shape=shape))
     if step.op == "flatten":
         return ad.reshape(lam, shape=(batch, rows) + tuple(step.in_shape)), None
     if step.op == "permute":  # y_j = x_index[j]: the coefficient of x_i is lam_inverse[i]

@@ -141,6 +141,17 @@ def normalize(x: Box, *, mean: Tensor, std: Tensor) -> Box:
                                _error(x, image, 2, mean, peak=std_peak(std)))
 
 
+def batchnorm(x: Box, *, scale: Tensor, shift: Tensor) -> Box:
+    """x·s + t per channel (``nn.BatchNorm`` in evaluation mode) is affine with diagonal matrix s:
+    c' = c·s + t, r' = r·|s| (proofs/box.md); rounding: + fp.radius(|s| M + |t|), n = 2 (one product and
+    the shift: a linear layer of fan-in 1)."""
+    nd = x.lower.ndim - 1
+    image = lambda m: point.batchnorm(m, scale=ad.abs(scale), shift=ad.abs(shift), feature_ndim=nd)
+    return _from_center_radius(point.batchnorm(x.center, scale=scale, shift=shift, feature_ndim=nd),
+                               point.scale_channels(x.radius, scale=ad.abs(scale), feature_ndim=nd),
+                               _error(x, image, 2, scale))
+
+
 def flatten(x: Box) -> Box:
     """A reshape moves no value: exact."""
     return Box(point.flatten(x.lower), point.flatten(x.upper))
@@ -189,7 +200,7 @@ def add(a: Box, b: Box, *, origin=None) -> Box:
 
 
 TRANSFORMERS = {
-    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten, "permute": permute,
+    "linear": linear, "conv2d": conv2d, "normalize": normalize, "batchnorm": batchnorm, "flatten": flatten, "permute": permute,
     "avg_pool2d": avg_pool2d, "max_pool2d": max_pool2d,
     "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "add": add,
 }

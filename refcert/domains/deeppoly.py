@@ -203,7 +203,7 @@ def maxpool_lines(l: Tensor, u: Tensor, kernel_size: int, stride: int, padding: 
 # --- transformers ---------------------------------------------------------------------------------
 def _box_exact(steps: tuple) -> bool:
     """The layer's input is still exactly a box: only diagonal, reshaping or permuting affine steps so far."""
-    return all(isinstance(s, AffineStep) and s.op in ("normalize", "flatten", "permute") for s in steps)
+    return all(isinstance(s, AffineStep) and s.op in ("normalize", "batchnorm", "flatten", "permute") for s in steps)
 
 
 def _push(x: DeepPoly, step, image: box.Box, *, backsubstitute: bool) -> DeepPoly:
@@ -317,6 +317,17 @@ def normalize(x: DeepPoly, *, mean: Tensor, std: Tensor) -> DeepPoly:
     return _push(x, step, box.normalize(_box(x), mean=mean, std=std), backsubstitute=False)
 
 
+def batchnorm(x: DeepPoly, *, scale: Tensor, shift: Tensor) -> DeepPoly:
+    """x·s + t per channel (``nn.BatchNorm`` in evaluation mode): diagonal, so the interval image is exact
+    per neuron; recorded for back-substitution (lam ↦ lam·s, constant lam·t)."""
+    nd = x.lower.ndim - 1
+    constant = lambda m: point.batchnorm(m * 0.0, scale=scale, shift=ad.abs(shift), feature_ndim=nd)
+    errors = _errors(x, lambda m: point.scale_channels(m, scale=ad.abs(scale), feature_ndim=nd), 2,
+                     constant=constant, parameter=scale)
+    step = AffineStep("batchnorm", {"scale": scale, "shift": shift}, tuple(x.lower.shape[1:]), **errors)
+    return _push(x, step, box.batchnorm(_box(x), scale=scale, shift=shift), backsubstitute=False)
+
+
 def flatten(x: DeepPoly) -> DeepPoly:
     """A reshape: exact."""
     return _push(x, AffineStep("flatten", {}, tuple(x.lower.shape[1:])), box.flatten(_box(x)), backsubstitute=False)
@@ -398,7 +409,7 @@ def add(a: DeepPoly, b: DeepPoly, *, origin: DeepPoly) -> DeepPoly:
 
 
 TRANSFORMERS = {
-    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten, "permute": permute,
+    "linear": linear, "conv2d": conv2d, "normalize": normalize, "batchnorm": batchnorm, "flatten": flatten, "permute": permute,
     "avg_pool2d": avg_pool2d, "max_pool2d": max_pool2d,
     "relu": relu, "sigmoid": sigmoid, "tanh": tanh, "add": add,
 }

@@ -59,6 +59,8 @@ def _abs_linear(op: str, r: Tensor, q: dict) -> Tensor:
         return point.conv2d(r, weight=ad.abs(q["weight"]), bias=None, stride=q["stride"], padding=q["padding"])
     if op == "normalize":
         return point.scale_by_std(r, std=ad.abs(q["std"]), feature_ndim=r.ndim - 1)
+    if op == "batchnorm":
+        return point.scale_channels(r, scale=ad.abs(q["scale"]), feature_ndim=r.ndim - 1)
     return point.TRANSFORMERS[op](r, **q)  # flatten, permute, avg_pool2d: linear with non-negative weights
 
 
@@ -72,6 +74,10 @@ def conv2d(x, *, weight, bias, stride, padding):
 
 def normalize(x, *, mean, std):
     return _affine(x, "normalize", {"mean": mean, "std": std})
+
+
+def batchnorm(x, *, scale, shift):
+    return _affine(x, "batchnorm", {"scale": scale, "shift": shift})
 
 
 def flatten(x):
@@ -162,7 +168,7 @@ def from_bounds_exact(lower, upper) -> LineElement:
 
 
 EXACTLINE = {
-    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten, "permute": permute,
+    "linear": linear, "conv2d": conv2d, "normalize": normalize, "batchnorm": batchnorm, "flatten": flatten, "permute": permute,
     "avg_pool2d": avg_pool2d, "max_pool2d": max_pool2d, "relu": relu,
     "sigmoid": _not_piecewise_linear("sigmoid"), "tanh": _not_piecewise_linear("tanh"), "add": add,
 }

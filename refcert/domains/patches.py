@@ -57,7 +57,7 @@ def _supported(step, shape) -> bool:
     op = getattr(step, "op", None)
     if op == "conv2d":
         return len(step.in_shape) == 3 and step.params["weight"].shape[2] == step.params["weight"].shape[3]
-    if op == "normalize":
+    if op in ("normalize", "batchnorm"):
         return len(step.in_shape) == 3
     return hasattr(step, "lower_slope") and shape is not None and len(shape) == 3 and _elementwise(step, shape)
 
@@ -66,9 +66,11 @@ def plan(steps: tuple, shape: tuple):
     """How rows of ``steps``' top layer (feature ``shape``) go down: (count, elements, size) with the top
     ``count`` steps taken as patches, ``elements`` the most numbers one row's patch takes on the way
     (for chunking) and ``size`` the feature size of the layer where the dense rule takes the rows over.
-    None unless the top step is a convolution.  Patches stop at a step they do not go through and where
-    a window would be as large as its layer (the dense rule is faster there)."""
-    if len(shape) != 3 or not steps or getattr(steps[-1], "op", None) != "conv2d":
+    None unless the top step is a convolution, or a batch normalisation right after one.  Patches stop at a
+    step they do not go through and where a window would be as large as its layer (the dense rule is
+    faster there)."""
+    ops = [getattr(step, "op", None) for step in steps[-2:]]
+    if len(shape) != 3 or not steps or not (ops[-1] == "conv2d" or ops == ["conv2d", "batchnorm"]):
         return None
     h = w = 1
     count, largest, current = 0, _size(shape), tuple(shape)
@@ -201,6 +203,14 @@ def _through_normalize(patch, step):
     return scaled, -_dot(scaled, xp.reshape(mean, shape))
 
 
+def _through_batchnorm(patch, step):
+    """x_k = x·s + t: lam ↦ lam·s, constant lam·t."""
+    xp = backends.current().xp
+    scale, shift = _value(step.params["scale"]), _value(step.params["shift"])
+    shape = (scale.shape[0], 1, 1, 1, 1) if scale.shape[0] > 1 else (1,)
+    return patch * xp.reshape(scale, shape), _dot(patch, xp.reshape(shift, shape))
+
+
 class Rows:
     """Rows of coefficients as patches (C, h, w, rows, batch') with their ``windows``."""
 
@@ -237,6 +247,8 @@ class Rows:
                 patch = new
             elif step.op == "conv2d":
                 patch, windows, more = _through_conv(patch, windows, step)
+            elif step.op == "batchnorm":
+                patch, more = _through_batchnorm(patch, step)
             else:
                 patch, more = _through_normalize(patch, step)
             constant = _plus(constant, more)

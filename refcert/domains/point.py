@@ -57,6 +57,19 @@ def scale_by_std(x: Tensor, *, std: Tensor, feature_ndim: int) -> Tensor:
     return x / ad.reshape(std, shape=_channel_shape(x, std.shape[0], feature_ndim))
 
 
+def batchnorm(x: Tensor, *, scale: Tensor, shift: Tensor, feature_ndim: int | None = None) -> Tensor:
+    """Batch normalisation as the affine map it is in evaluation mode (``nn.BatchNorm``): x·scale + shift
+    per channel (the first feature axis, as normalize)."""
+    feature_ndim = x.ndim - 1 if feature_ndim is None else feature_ndim
+    shape = _channel_shape(x, scale.shape[0], feature_ndim)
+    return x * ad.reshape(scale, shape=shape) + ad.reshape(shift, shape=shape)
+
+
+def scale_channels(x: Tensor, *, scale: Tensor, feature_ndim: int) -> Tensor:
+    """The linear part of batchnorm (no shift): x·scale per channel."""
+    return x * ad.reshape(scale, shape=_channel_shape(x, scale.shape[0], feature_ndim))
+
+
 def flatten(x: Tensor, *, feature_ndim: int | None = None) -> Tensor:
     """Keep the leading (batch) axes, flatten the last ``feature_ndim`` axes."""
     feature_ndim = x.ndim - 1 if feature_ndim is None else feature_ndim
@@ -103,7 +116,7 @@ def from_bounds(lower, upper) -> Tensor:
 
 
 TRANSFORMERS = {
-    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten, "permute": permute,
+    "linear": linear, "conv2d": conv2d, "normalize": normalize, "batchnorm": batchnorm, "flatten": flatten, "permute": permute,
     "avg_pool2d": avg_pool2d, "max_pool2d": max_pool2d,
     "relu": lambda x: ad.relu(x), "sigmoid": lambda x: ad.sigmoid(x), "tanh": lambda x: ad.tanh(x),
     "add": add,

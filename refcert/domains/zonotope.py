@@ -143,6 +143,17 @@ def normalize(z: Zonotope, *, mean: Tensor, std: Tensor) -> Zonotope:
                  _error(z, image, 2, mean, peak=std_peak(std)))
 
 
+def batchnorm(z: Zonotope, *, scale: Tensor, shift: Tensor) -> Zonotope:
+    """x·s + t per channel (``nn.BatchNorm`` in evaluation mode): c' = c·s + t, E' = E·s, β' = β·|s|
+    (proofs/zonotope.md §1); rounding: + fp.radius(|s| M + |t|), n = 2."""
+    nd = z.center.ndim - 1
+    image = lambda m: point.batchnorm(m, scale=ad.abs(scale), shift=ad.abs(shift), feature_ndim=nd)
+    return _with(z, point.batchnorm(z.center, scale=scale, shift=shift, feature_ndim=nd),
+                 point.scale_channels(z.generators, scale=scale, feature_ndim=nd),
+                 point.scale_channels(z.box_radius, scale=ad.abs(scale), feature_ndim=nd),
+                 _error(z, image, 2, scale))
+
+
 def flatten(z: Zonotope) -> Zonotope:
     """A reshape of every component: exact (the magnitude hint is reshaped too)."""
     nd = z.center.ndim - 1
@@ -189,7 +200,7 @@ def add(a: Zonotope, b: Zonotope, *, origin=None) -> Zonotope:
 
 #: DeepZono (DeepZ, NeurIPS'18): the pure zonotope with the minimal-area ReLU relaxation
 ZONOTOPE = {
-    "linear": linear, "conv2d": conv2d, "normalize": normalize, "flatten": flatten, "permute": permute,
+    "linear": linear, "conv2d": conv2d, "normalize": normalize, "batchnorm": batchnorm, "flatten": flatten, "permute": permute,
     "avg_pool2d": avg_pool2d, "max_pool2d": nonlinear.max_pool2d,
     "relu": nonlinear.relu_deepzono, "sigmoid": nonlinear.sigmoid, "tanh": nonlinear.tanh, "add": add,
 }

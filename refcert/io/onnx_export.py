@@ -82,6 +82,14 @@ class _Builder:
             mean = self.const(as_array(p["mean"]).reshape(const_shape), "mean")
             std = self.const(as_array(p["std"]).reshape(const_shape), "std")
             return self.node("Div", [self.node("Sub", [x, mean]), std]), out_shape
+        if op == "batchnorm":  # evaluation mode: x·scale + shift per channel
+            nn.check_evaluation_mode(module)
+            q = module.arguments(None)
+            channels = q["scale"].shape[0]
+            const_shape = (channels,) + (1,) * (len(shape) - 1) if channels > 1 else (1,)
+            scale = self.const(as_array(q["scale"]).reshape(const_shape), "scale")
+            shift = self.const(as_array(q["shift"]).reshape(const_shape), "shift")
+            return self.node("Add", [self.node("Mul", [x, scale]), shift]), out_shape
         if op in ("relu", "sigmoid", "tanh"):
             return self.node({"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[op], [x]), out_shape
         if op == "flatten":
