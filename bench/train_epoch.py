@@ -2,6 +2,7 @@
 
     python bench/train_epoch.py                                   # convsmall, mnist-mini, box/deepzono/deeppoly
     python bench/train_epoch.py --data mnist --data-root ../shared/datasets/mnist --methods diffai:box pgd
+    python bench/train_epoch.py --methods diffai:box diffai:box:bn     # :bn: the model's -bn variant (batch norm)
 
 Every method runs the same optimiser step (``refcert.train.batch_loss`` at the full ε and κ, backward,
 clipping, Adam) on the same batches; the steps are *interleaved* (standard, then each method, batch
@@ -22,13 +23,14 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # 
 
 import numpy as np  # noqa: E402
 
-from refcert import datasets, models, optim  # noqa: E402
+from refcert import datasets, models, nn, optim  # noqa: E402
 from refcert.train import TrainConfig, batch_loss  # noqa: E402
 
 
 def _config(method: str, eps: float, seed: int) -> TrainConfig:
-    """'standard', 'pgd' or 'diffai:DOMAIN' as a TrainConfig (ramp already finished: full ε and κ)."""
+    """'standard', 'pgd' or 'diffai:DOMAIN[:bn]' as a TrainConfig (ramp already finished: full ε and κ)."""
     name, _, domain = method.partition(":")
+    domain = domain.removesuffix(":bn")
     return TrainConfig(method=name, domain=domain or "box", eps=eps, seed=seed, ramp_epochs=0).check()
 
 
@@ -56,7 +58,10 @@ def main(argv=None) -> int:
     x, y = datasets.load(args.data, "train", root=args.data_root)
     methods = ["standard"] + [m for m in args.methods if m != "standard"]
     configs = {m: _config(m, args.eps, args.seed) for m in methods}
-    nets = {m: models.get(args.model, args.data, seed=args.seed) for m in methods}   # same initial weights
+    nets = {m: models.get(args.model + ("-bn" if m.endswith(":bn") else ""), args.data, seed=args.seed)
+            for m in methods}   # same initial weights (the -bn variant: the same draws, plus its BatchNorm layers)
+    for net in nets.values():
+        nn.set_training(net, True)   # as refcert.train: batch statistics (a no-op without BatchNorm)
     optimizers = {m: optim.Adam(nets[m].parameters(), lr=1e-3) for m in methods}
     rng = np.random.default_rng(args.seed)
     times = {m: [] for m in methods}

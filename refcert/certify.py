@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from refcert import attacks, domains, fp, nn, spec
+from refcert import attacks, backends, domains, fp, nn, spec
 from refcert import autodiff as ad
 from refcert.autodiff import Tensor
 from refcert.certify_geometric import certify_geometric
@@ -43,13 +43,14 @@ def _attack(net, x, labels, eps, clip, steps, restarts, rng):
 
 
 def certify(net, x, labels, eps=0.0, domain="deepzono", clip=(0.0, 1.0), attack: bool = True,
-            pgd_steps: int = 40, pgd_restarts: int = 1, batch_size: int = 32, rng=None, execution=None,
+            pgd_steps: int = 40, pgd_restarts: int = 1, batch_size: int | None = None, rng=None, execution=None,
             spec=None, splits: int = 1, bounds: str = "linear"):
     """Certify each input of ``x`` (N, *shape) with ``labels`` (N,) on the set ball∞(x, eps) ∩ clip.
 
     ``spec``: a geometric specification ("rotate:15", "translate:2,2+brightness:0.05", ...): the set is then
     every transformed image plus the eps ball (``refcert.certify_geometric``, with ``splits`` pieces per
     parameter and ``bounds`` "linear" (DeepG) or "interval"); ``batch_size`` is then the pieces per run.
+    ``batch_size``: inputs per abstract run; default (None) ``default_batch(domain)``.
 
     ``domain``: a registered name (``refcert.domains.names()``) or a list of names; a list returns
     ``{name: CertifyResult}``, PGD then runs once per input and its points are shared.
@@ -60,7 +61,7 @@ def certify(net, x, labels, eps=0.0, domain="deepzono", clip=(0.0, 1.0), attack:
     if spec is not None:
         return certify_geometric(net, x, labels, spec, domain=domain, splits=splits, bounds=bounds, eps=eps,
                                  clip=clip, attack=attack, pgd_steps=pgd_steps, execution=execution, rng=rng,
-                                 piece_batch=batch_size)
+                                 piece_batch=batch_size or 32)
     execution = fp.check_execution(execution) if execution is not None else fp.policy().execution
     execution = execution or nn.parameter_dtype(net)
     nn.check_finite(net)
@@ -69,21 +70,29 @@ def certify(net, x, labels, eps=0.0, domain="deepzono", clip=(0.0, 1.0), attack:
         return _certify(net, x, labels, eps, domain, clip, attack, pgd_steps, pgd_restarts, batch_size, rng)
 
 
+def default_batch(domain: str) -> int:
+    """Inputs per abstract run when none is given: 32 for Box and on a GPU; on a CPU 1 for the others,
+    where the zonotopes and DeepPoly are fastest at batch 1 (their cost per input grows with the batch:
+    DeepPoly refines a neuron for every input when it crosses 0 in any of them; bench/certify.py)."""
+    return 32 if domain == "box" or backends.current().name != "numpy" else 1
+
+
 def _certify(net, x, labels, eps, domain, clip, attack, pgd_steps, pgd_restarts, batch_size, rng):
     names = [domain] if isinstance(domain, str) else list(dict.fromkeys(domain))
     for name in names:
         domains.get(name)  # unknown names fail before any work
-    if int(batch_size) < 1:
+    if batch_size is not None and int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     x, labels, eps, n_classes = validate(net, x, labels, eps, clip)
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0 if rng is None else rng)
-    batches = (int(batch_size), max(int(batch_size), CONCRETE_BATCH))
-    predicted, clean = clean_margins(net, x, labels, batches[1])
+    predicted, clean = clean_margins(net, x, labels, max(int(batch_size or 1), CONCRETE_BATCH))
     attack_points: dict[int, np.ndarray] = {}   # input index -> PGD point (shared by domains)
     results = {}
     for name in names:
+        abstract = int(batch_size) if batch_size is not None else default_batch(name)
         results[name] = _certify_one(net, x, labels, eps, name, clip, attack, pgd_steps, pgd_restarts,
-                                     batches, rng, predicted, clean, n_classes, attack_points)
+                                     (abstract, max(abstract, CONCRETE_BATCH)), rng, predicted, clean, n_classes,
+                                     attack_points)
     cross_check(results)
     return results[names[0]] if isinstance(domain, str) else results
 

@@ -210,3 +210,26 @@ def line_net_2d():
     layer.params["weight"] = Tensor(np.array([[1.0, 0.0], [0.0, 1.0]]))
     layer.params["bias"] = Tensor(np.array([0.1, 0.0]))
     return nn.Sequential(layer)
+
+
+def test_default_batch_is_one_for_relational_domains_on_a_cpu(monkeypatch):
+    """Without batch_size, Box runs 32 inputs at a time and the other domains 1 (on the NumPy backend), and
+    the verdicts are those of an explicit batch of 1; the batch each abstract run saw is recorded."""
+    from refcert.certify import default_batch
+    assert default_batch("box") == 32 and default_batch("deeppoly") == 1
+    rng = np.random.default_rng(4)
+    net = nn.Sequential(nn.Linear(6, 8, rng=rng, dtype="float64"), nn.ReLU(), nn.Linear(8, 3, rng=rng, dtype="float64"))
+    x = rng.uniform(0, 1, (40, 6))
+    labels = net(Tensor(x)).numpy().argmax(1)
+    seen = []
+    original = spec.margin_bounds
+
+    def spy(net, element, labels, *args, **kwargs):
+        seen.append((element.domain, element.lower.shape[0]))
+        return original(net, element, labels, *args, **kwargs)
+    monkeypatch.setattr(spec, "margin_bounds", spy)
+    default = certify(net, x, labels, 0.05, domain=["box", "deeppoly"], attack=False)
+    assert {size for name, size in seen if name == "box"} == {32, 8}
+    assert {size for name, size in seen if name == "deeppoly"} == {1}
+    explicit = certify(net, x, labels, 0.05, domain="deeppoly", attack=False, batch_size=1)
+    assert default["deeppoly"].verdicts == explicit.verdicts

@@ -53,9 +53,10 @@ def add_arguments(parser):
                         "goes, finished chunks stream to PATH.parts.jsonl (removed at the end), which --resume reads")
     add_parallel_arguments(parser, "chunks of inputs", "continue an interrupted run with the same options and "
                            "--json: skip the chunks in PATH.parts.jsonl")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="inputs per abstract run (default 32; on a CPU the zonotope domains and DeepPoly "
-                             "are often fastest at 1, see bench/certify.py); PGD always takes >= 128 at once")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="inputs per abstract run (default: 32 for box and on a GPU, else 1: on a CPU the "
+                             "zonotope domains and DeepPoly are fastest at 1, see bench/certify.py); PGD always "
+                             "takes >= 128 at once")
     parser.add_argument("--seed", type=int, default=0, help="seed of PGD's random starts")
     parser.add_argument("--pgd-steps", type=int, default=40, help="PGD steps per undecided input (default 40)")
     parser.add_argument("--no-attack", action="store_true", help="skip PGD: verdicts only verified/unknown")
@@ -216,7 +217,7 @@ def run(args):
         raise ValueError(f"--spec transforms images (C, H, W); the inputs have shape {x.shape[1:]}")
     x_net = x if layout is None else x.reshape(len(x), -1)[:, layout[0]].reshape((len(x),) + layout[1])
     began = time.perf_counter()
-    chunk = max(args.batch_size, CONCRETE_BATCH)
+    chunk = max(args.batch_size or 1, CONCRETE_BATCH)
     spans = [(i, (i, start, min(start + chunk, len(x)))) for i, start in enumerate(range(0, len(x), chunk))]
     options = {"eps": args.eps, "names": names, "attack": not args.no_attack, "pgd_steps": args.pgd_steps,
                "batch_size": args.batch_size, "seed": args.seed, "execution": args.execution,
