@@ -34,9 +34,9 @@ def _config(method: str, eps: float, seed: int) -> TrainConfig:
     return TrainConfig(method=name, domain=domain or "box", eps=eps, seed=seed, ramp_epochs=0).check()
 
 
-def _step(net, optimizer, x, y, config, rng) -> float:
+def _step(net, optimizer, x, y, config, rng, ramp: float = 1.0) -> float:
     began = time.perf_counter()
-    loss, _ = batch_loss(net, x, y, config, 1.0, rng)
+    loss, _ = batch_loss(net, x, y, config, ramp, rng)
     optimizer.zero_grad()
     loss.backward()
     optim.clip_grad_norm(net.parameters(), config.clip_grad)
@@ -54,6 +54,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--batches", type=int, default=20, help="timed batches per method")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ramp", type=float, default=1.0, help="ramp fraction of the timed steps (default 1: "
+                        "full eps and kappa; crown-ibp's CROWN part is only computed while it is < 1)")
     args = parser.parse_args(argv)
     x, y = datasets.load(args.data, "train", root=args.data_root)
     methods = ["standard"] + [m for m in args.methods if m != "standard"]
@@ -68,12 +70,13 @@ def main(argv=None) -> int:
     for b in range(args.batches + 1):                      # batch 0 warms up (imports, allocations): not timed
         idx = rng.choice(len(y), args.batch_size, replace=False)
         for m in methods:
-            seconds = _step(nets[m], optimizers[m], x[idx], y[idx].astype(np.int64), configs[m], rng)
+            seconds = _step(nets[m], optimizers[m], x[idx], y[idx].astype(np.int64), configs[m], rng, args.ramp)
             if b > 0:
                 times[m].append(seconds)
     base = statistics.median(times["standard"])
     per_epoch = -(-60000 // args.batch_size)
-    print(f"{args.model} on {args.data}, batch {args.batch_size}, eps {args.eps}, {args.batches} interleaved batches;"
+    print(f"{args.model} on {args.data}, batch {args.batch_size}, eps {args.eps}, ramp {args.ramp}, {args.batches} "
+          f"interleaved batches;"
           f" load average {os.getloadavg()[0]:.1f}")
     header = f"{'method':<18} {'ms/batch':>9} {'x standard':>11} {'s per 60k-image epoch':>22}"
     print(header + "\n" + "-" * len(header))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refcert import interpret
+from refcert import backends, interpret
 from refcert.autodiff import Tensor
 
 _rng = np.random.default_rng(0)
@@ -182,13 +182,10 @@ class BatchNorm(Module):
         centred = x - ad.reshape(mean, shape=shape)
         var = ad.mean(centred * centred, axis=axes)
         count = int(np.prod(x.shape)) // self.channels
-        m = self.momentum
-        running = self.params
-        running["running_mean"].value = ((1 - m) * running["running_mean"].value + m * mean.value).astype(
-            running["running_mean"].value.dtype)
-        unbiased = var.value * (count / max(count - 1, 1))
-        running["running_var"].value = ((1 - m) * running["running_var"].value + m * unbiased).astype(
-            running["running_var"].value.dtype)
+        m, xp = self.momentum, backends.current().xp
+        for key, batch in (("running_mean", mean.value), ("running_var", var.value * (count / max(count - 1, 1)))):
+            old = self.params[key].value
+            self.params[key].value = xp.astype((1 - m) * old + m * batch, old.dtype)
         self.batch_stats = (mean, var)
         return self.batch_stats
 
