@@ -10,7 +10,7 @@ import json
 
 from refcert import weights
 
-DOMAINS = ("box", "deeppoly", "deepzono")
+DOMAINS = ("box", "deeppoly", "deepzono", "alpha-crown")
 
 
 def add_arguments(parser):
@@ -23,17 +23,20 @@ def _percent(value) -> str:
 
 
 def _table() -> str:
-    header = (f"{'name':<34} {'model':<9} {'method':<10} {'eps_train':>9} {'eps':>5} {'n':>6} {'clean':>7} "
-              f"{'pgd':>7}" + "".join(f" {d:>8}" for d in DOMAINS))
+    names = weights.names()
+    wide = max([34] + [len(name) for name in names])                        # columns fit the longest entry
+    model_wide = max([9] + [len(weights.info(name)["model"]) for name in names])
+    header = (f"{'name':<{wide}} {'model':<{model_wide}} {'method':<10} {'eps_train':>9} {'eps':>5} {'n':>6} "
+              f"{'clean':>7} {'pgd':>7}" + "".join(f" {d:>{max(8, len(d))}}" for d in DOMAINS))
     lines = [header, "-" * len(header)]
-    for name in weights.names():
+    for name in names:
         entry = weights.info(name)
         res = entry.get("results", {})
         method = entry["method"] + (f"-{entry['domain']}" if entry.get("domain") else "")
         eps_train = "-" if entry.get("eps_train") is None else f"{entry['eps_train']:g}"
-        lines.append(f"{name:<34} {entry['model']:<9} {method:<10} {eps_train:>9} {entry.get('eps', 0):>5g} "
+        lines.append(f"{name:<{wide}} {entry['model']:<{model_wide}} {method:<10} {eps_train:>9} {entry.get('eps', 0):>5g} "
                      f"{res.get('n', 0):>6} {_percent(res.get('clean')):>7} {_percent(res.get('pgd')):>7}"
-                     + "".join(f" {_percent(res.get(d)):>8}" for d in DOMAINS))
+                     + "".join(f" {_percent(res.get(d)):>{max(8, len(d))}}" for d in DOMAINS))
     return "\n".join(lines)
 
 
