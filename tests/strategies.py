@@ -12,6 +12,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from refcert import nn
+from refcert.autodiff import Tensor
 
 ACTIVATIONS = ("relu", "relu", "sigmoid", "tanh")  # ReLU twice as often
 
@@ -29,7 +30,7 @@ def batchnorm_layer(rng, channels, dtype="float64"):
     for key, value in (("weight", gamma), ("bias", rng.uniform(-1, 1, channels)),
                        ("running_mean", rng.uniform(-1, 1, channels)),
                        ("running_var", rng.uniform(0.05, 3.0, channels))):
-        layer.params[key].value = np.asarray(value, dtype=dtype)
+        layer.params[key] = Tensor(np.asarray(value, dtype=dtype), requires_grad=True)  # backend arrays
     return layer
 
 

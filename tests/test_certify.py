@@ -215,7 +215,10 @@ def line_net_2d():
 def test_default_batch_is_one_for_relational_domains_on_a_cpu(monkeypatch):
     """Without batch_size, Box runs 32 inputs at a time and the other domains 1 (on the NumPy backend), and
     the verdicts are those of an explicit batch of 1; the batch each abstract run saw is recorded."""
+    from refcert import backends
     from refcert.certify import default_batch
+    if backends.current().name != "numpy":
+        pytest.skip("the CPU default: on another backend every domain takes 32")
     assert default_batch("box") == 32 and default_batch("deeppoly") == 1
     rng = np.random.default_rng(4)
     net = nn.Sequential(nn.Linear(6, 8, rng=rng, dtype="float64"), nn.ReLU(), nn.Linear(8, 3, rng=rng, dtype="float64"))

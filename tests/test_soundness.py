@@ -19,7 +19,7 @@ from refcert import autodiff as ad
 from refcert import domains, nn
 from refcert.autodiff import Tensor
 from refcert.domains import relaxations, zonotope_relu
-from tests.strategies import assert_inside, input_boxes, networks, sample_points
+from tests.strategies import batchnorm_layer, assert_inside, input_boxes, networks, sample_points
 
 
 def _buildable(name: str) -> bool:
@@ -92,11 +92,7 @@ def single_layers(draw):
             layer = nn.Normalize(mean=rng.uniform(-1, 1, channels), std=rng.uniform(0.2, 2.0, channels),
                                  dtype="float64")
         elif op == "batchnorm":  # evaluation mode: scale of either sign, running statistics as constants
-            layer = nn.BatchNorm(channels, dtype="float64")
-            for key, value in (("weight", rng.uniform(-2, 2, channels)), ("bias", rng.uniform(-1, 1, channels)),
-                               ("running_mean", rng.uniform(-1, 1, channels)),
-                               ("running_var", rng.uniform(0.05, 3.0, channels))):
-                layer.params[key].value = value
+            layer = batchnorm_layer(rng, channels)
         elif op in ("avg_pool2d", "max_pool2d"):
             kernel = draw(st.integers(1, 2))
             pool = nn.AvgPool2d if op == "avg_pool2d" else nn.MaxPool2d
