@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from refcert import autodiff as ad
-from refcert import backends, fp
+from refcert import backends, fp, nn
 from refcert.autodiff import Tensor
 
 LOSSES = ("ce", "margin")
@@ -109,6 +109,7 @@ def _gradient(net, z, labels, loss: str):
 
 def fgsm(net, x, labels, eps, *, clip=(0.0, 1.0), loss: str = "ce") -> Attack:
     """One step of size eps along sign(∇ loss), projected to ball ∩ clip (Goodfellow'15, Eq. 3)."""
+    nn.check_evaluation_mode(net)  # in training mode every call would move batch-norm statistics
     x = ad.as_tensor(x)
     labels, eps = _check(x, labels, eps, clip, loss)
     _, g = _gradient(net, x.value, labels, loss)
@@ -126,6 +127,7 @@ def pgd(net, x, labels, eps, *, steps: int = 40, step_size: float | None = None,
     ``step_size`` α defaults to 2.5·eps/steps (Madry'18 use α·k ≈ 2.5 eps).  ``rng``: a NumPy
     Generator or seed (default 0), so runs repeat.
     """
+    nn.check_evaluation_mode(net)  # in training mode every call would move batch-norm statistics
     x = ad.as_tensor(x)
     labels, eps = _check(x, labels, eps, clip, loss)
     if int(steps) < 0 or int(restarts) < 1:

@@ -61,7 +61,7 @@ def certify(net, x, labels, eps=0.0, domain="deepzono", clip=(0.0, 1.0), attack:
     if spec is not None:
         return certify_geometric(net, x, labels, spec, domain=domain, splits=splits, bounds=bounds, eps=eps,
                                  clip=clip, attack=attack, pgd_steps=pgd_steps, execution=execution, rng=rng,
-                                 piece_batch=batch_size or 32)
+                                 piece_batch=32 if batch_size is None else batch_size)
     execution = fp.check_execution(execution) if execution is not None else fp.policy().execution
     execution = execution or nn.parameter_dtype(net)
     nn.check_finite(net)

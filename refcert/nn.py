@@ -143,24 +143,49 @@ class BatchNorm(Module):
     follow (the abstract pass of the same step uses the clean batch's statistics, as Shi et al. (NeurIPS'21,
     Sec. 3.2) and auto_LiRPA do) and moves the running statistics towards them (momentum, PyTorch's
     convention: the running variance takes the unbiased estimate).  ``weight`` and ``bias`` are trained;
-    ``running_mean`` and ``running_var`` are saved with them but never receive a gradient."""
+    ``running_mean`` and ``running_var`` are saved with them but never receive a gradient.
+
+    Precision casts (``astype``, which certify's and verify's executions in another precision use) round
+    the op's own constants, scale and shift, as every other layer's parameters are rounded; recomputing
+    them from rounded statistics would be another map (found by an adversarial review: a verdict about
+    the float64 map, an execution of a different float32 one).  A cast layer keeps them as ``scale`` and
+    ``shift`` parameters (saved with it) until it trains again (``set_training(net, True)`` drops them)."""
     op = "batchnorm"
 
-    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1, *, dtype="float32"):
+    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1, *, dtype="float32",
+                 cast: bool = False):
         super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
+            raise ValueError(f"BatchNorm needs an integer number of channels >= 1, got {channels!r}")
+        if str(np.dtype(dtype)) not in ("float32", "float64"):
+            raise ValueError(f"BatchNorm's dtype must be float32 or float64, got {dtype!r}")
         self.channels, self.eps, self.momentum = int(channels), float(eps), float(momentum)
-        if self.channels < 1 or not self.eps > 0 or not 0 <= self.momentum <= 1:
-            raise ValueError(f"BatchNorm needs channels >= 1, eps > 0 and momentum in [0, 1], got "
-                             f"{channels}, {eps}, {momentum}")
+        if not self.eps > 0 or not 0 <= self.momentum <= 1:
+            raise ValueError(f"BatchNorm needs eps > 0 and momentum in [0, 1], got {eps}, {momentum}")
         ones, zeros = np.ones(self.channels, dtype=dtype), np.zeros(self.channels, dtype=dtype)
         self.params = {"weight": Tensor(ones, requires_grad=True), "bias": Tensor(zeros.copy(), requires_grad=True),
                        "running_mean": Tensor(zeros.copy(), requires_grad=True),
                        "running_var": Tensor(ones.copy(), requires_grad=True)}
+        if cast:
+            self.params.update(scale=Tensor(ones.copy(), requires_grad=True), shift=Tensor(zeros.copy(), requires_grad=True))
         self.training, self.batch_stats = False, None
 
     def config(self):
-        return {"channels": self.channels, "eps": self.eps, "momentum": self.momentum,
-                "dtype": str(self.params["weight"].numpy().dtype)}
+        config = {"channels": self.channels, "eps": self.eps, "momentum": self.momentum,
+                  "dtype": str(self.params["weight"].numpy().dtype)}
+        return {**config, "cast": True} if "scale" in self.params else config
+
+    def astype(self, dtype: str):
+        """Convert in place; in evaluation mode the op's scale and shift are rounded to ``dtype`` (class
+        docstring), not recomputed from the rounded statistics."""
+        constants = None
+        if not self.training:
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                constants = {key: value.numpy().astype(dtype) for key, value in self.arguments(None).items()}
+        super().astype(dtype)
+        if constants is not None:
+            self.params.update({key: Tensor(value, requires_grad=True) for key, value in constants.items()})
+        return self
 
     def _statistics(self, x):
         """(mean, var) to normalise ``x`` with: running statistics in evaluation mode; in training mode the
@@ -192,6 +217,8 @@ class BatchNorm(Module):
     def arguments(self, x) -> dict:
         """{"scale", "shift"} of the affine map y = x·scale + shift (per channel) for input ``x``."""
         from refcert import autodiff as ad
+        if not self.training and "scale" in self.params:  # a cast layer: its rounded constants
+            return {key: ad.constant(self.params[key].value) for key in ("scale", "shift")}
         mean, var = self._statistics(x)
         scale = self.params["weight"] / ad.sqrt(var + self.eps)
         return {"scale": scale, "shift": self.params["bias"] - mean * scale}
@@ -204,6 +231,9 @@ def set_training(net: Module, training: bool = True) -> Module:
         module = stack.pop()
         if isinstance(module, BatchNorm):
             module.training, module.batch_stats = bool(training), None
+            if training:  # the statistics will move: a cast layer's rounded constants no longer apply
+                module.params.pop("scale", None)
+                module.params.pop("shift", None)
         stack.extend(module.children())
     return net
 
@@ -349,7 +379,7 @@ def tensors(net):
         for key, value in module.params.items():
             if isinstance(value, Tensor):
                 yield f"{prefix}{type(module).__name__}.{key}", module, value.numpy()
-        if isinstance(module, BatchNorm) and not module.training:  # the op's own (derived) constants
+        if isinstance(module, BatchNorm) and not module.training and "scale" not in module.params:  # derived
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # check_finite names bad ones
                 arguments = module.arguments(None)
             for key, value in arguments.items():

@@ -76,14 +76,15 @@ def output_size(net) -> int:
     for layer in reversed(_layers(net)):
         if isinstance(layer, nn.Sequential):
             return output_size(layer)
-        if layer.op in ("relu", "sigmoid", "tanh", "flatten"):
+        if layer.op in ("relu", "sigmoid", "tanh", "flatten", "normalize", "batchnorm"):  # shape-keeping
             continue
         if layer.op == "linear":
             return int(layer.params["weight"].shape[-2])
         if layer.op == "permute":
             return int(layer.params["index"].size)
         break
-    raise ValueError("cannot read the number of classes from the net's last layer; pass n_classes=")
+    raise ValueError("cannot read the number of classes from the net's last layer (it should end in a Linear "
+                     "or Permute layer, then elementwise ones)")
 
 
 def margin_bounds(net, element, labels, n_classes: int | None = None) -> Tensor:

@@ -694,6 +694,69 @@ def test_a_network_in_training_mode_is_refused_by_certify_exact_and_export():
     from refcert import exact
     with pytest.raises(ValueError, match="training mode"):
         exact.exact_bounds(net, np.zeros((1, 2)), np.ones((1, 2)))
+    from refcert import attacks
+    with pytest.raises(ValueError, match="training mode"):
+        attacks.pgd(net, np.zeros((1, 2)), np.zeros(1, dtype=int), 0.05, steps=2)
     assert np.array_equal(net.layers[1].params["running_mean"].numpy(), before)
     nn.set_training(net, False)
     refcert.certify(net, np.zeros((1, 2)), np.zeros(1, dtype=int), 0.05, domain="box")
+
+
+# --- precision casts (adversarial review, issue 16) ---------------------------------------------------------
+def test_a_cast_rounds_the_ops_constants_instead_of_recomputing_them(tmp_path):
+    """astype rounds scale and shift (the op's constants) to the new precision, like any layer's weights; a
+    recomputation from rounded statistics is another map: here float64's shift 4e-4 against float32's
+    recomputed 0 (the review's counterexample: verified, while the float32 execution has margin ≤ 0)."""
+    import copy
+
+    from refcert import verdicts
+    bn = nn.BatchNorm(2, dtype="float64")
+    bn.params["running_mean"].value[...] = [1e4, 0.0]
+    bn.params["running_var"].value[...] = 1.0 - 1e-5                        # scale 1
+    bn.params["bias"].value[...] = [1e4 + 4e-4, 2e-4]                       # shift (4e-4, 2e-4) in float64
+    wide = bn.arguments(None)
+    cast = copy.deepcopy(bn).astype("float32")
+    narrow = cast.arguments(None)
+    for key in ("scale", "shift"):
+        assert narrow[key].numpy().dtype == np.float32
+        assert np.array_equal(narrow[key].numpy(), wide[key].numpy().astype(np.float32))
+    net = nn.Sequential(bn)
+    x, labels = np.zeros((1, 2)), np.array([0])
+    y32 = verdicts.in_precision(net, "float32")(Tensor(x.astype(np.float32))).numpy()[0]
+    for name in ("box", "deeppoly", "deepzono"):
+        result = refcert.certify(net, x, labels, 0.0, domain=name, execution="float32", clip=None)
+        assert (result.verdicts[0] == "verified") == (y32[0] - y32[1] > 0), (name, y32)
+    refcert.save(nn.Sequential(cast), tmp_path / "cast.npz")                # the cast constants are saved
+    again = refcert.load(tmp_path / "cast.npz").layers[0]
+    assert np.array_equal(again.arguments(None)["shift"].numpy(), narrow["shift"].numpy())
+    nn.set_training(nn.Sequential(cast), True)                              # training drops them
+    assert "scale" not in cast.params and cast.training
+
+
+def test_verify_does_not_prove_a_property_its_float32_execution_breaks(tmp_path):
+    """A float32 BatchNorm whose shift cancels (β ≈ μ·scale): verify bounds a float64 copy; that copy must
+    compute the float32 net's own scale and shift, or it proves 'unsat' while refcert's float32 forward
+    violates the property (the review's counterexample)."""
+    from refcert.verify import verify
+    bn = nn.BatchNorm(1, dtype="float32")
+    bn.params["running_mean"].value[...] = 25871.7207
+    bn.params["running_var"].value[...] = 0.5896
+    with ad.no_grad():
+        scale = bn.arguments(None)["scale"].numpy()
+    bn.params["bias"].value[...] = np.float32(bn.params["running_mean"].value * scale)
+    net = nn.Sequential(bn)
+    with ad.no_grad():
+        y32 = float(net(Tensor(np.ones((1, 1), np.float32))).numpy()[0, 0])
+    path = tmp_path / "p.vnnlib"
+    path.write_text("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (>= X_0 0.0))\n"
+                    f"(assert (<= X_0 1.0))\n(assert (>= Y_0 {y32!r}))\n")      # X_0 = 1 satisfies it
+    from refcert.io.vnnlib import read_vnnlib
+    assert verify(net, read_vnnlib(path), timeout=20).status != "unsat"
+
+
+@pytest.mark.parametrize("arguments", [(2.7,), (True,), ("3",), (0,), (3, 0.0), (3, 1e-5, 1.5)])
+def test_bad_batchnorm_settings_are_refused(arguments):
+    with pytest.raises(ValueError, match="BatchNorm needs"):
+        nn.BatchNorm(*arguments)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        nn.BatchNorm(3, dtype="float16")
