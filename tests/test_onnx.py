@@ -105,9 +105,9 @@ def test_quirky_graphs_match_onnxruntime(name, tmp_path):
     net = refcert.load_onnx(path)
     inputs = rng.uniform(0, 1, (20,) + shape).astype(np.float32)
     assert _max_difference(net, _session(model), inputs) <= 1e-5
-    if name == "nhwc_transpose_conv_bn_norm":   # the file's NHWC input, a Permute to NCHW, BN folded into the conv
+    if name == "nhwc_transpose_conv_bn_norm":   # the file's NHWC input, a Permute to NCHW, BN its own layer
         assert net.input_shape == (5, 5, 2)
-        assert [layer.op for layer in net.layers] == ["permute", "normalize", "conv2d", "relu"]
+        assert [layer.op for layer in net.layers] == ["permute", "normalize", "conv2d", "batchnorm", "relu"]
         assert net.layers[0].params["shape"] == (2, 5, 5)
 
 
@@ -189,3 +189,28 @@ def test_a_net_ending_in_a_permutation_has_a_class_count():
     from refcert import spec
     net = nn.Sequential(nn.Linear(4, 3), nn.Permute([2, 0, 1], (3,), (3,)), nn.Flatten())
     assert spec.output_size(net) == 3
+
+
+def test_constant_mul_and_add_after_a_gemm_keep_their_own_rounding(tmp_path):
+    """Gemm with bias 2^24, then Mul and Add (refcert's batch-norm export): onnxruntime rounds x + 2^24 to a
+    multiple of 2, so folding the Mul/Add into the Gemm in float64 gives another float function, and verify
+    answered 'unsat' where onnxruntime violates the property (adversarial review, issue 16).  The import now
+    matches onnxruntime and verify finds the counterexample."""
+    from refcert import nn
+    from refcert.io.vnnlib import read_vnnlib
+    from refcert.verify import verify
+    linear = nn.Linear(1, 1, dtype="float32")
+    linear.params["weight"].value[...] = 1.0
+    linear.params["bias"].value[...] = 2.0 ** 24
+    norm = nn.BatchNorm(1, dtype="float32")
+    norm.params["running_var"].value[...] = 1.0 - 1e-5
+    norm.params["running_mean"].value[...] = 2.0 ** 24
+    refcert.export_onnx(nn.Sequential(linear, norm), tmp_path / "m.onnx", input_shape=(1, 1))
+    net = refcert.load_onnx(tmp_path / "m.onnx")
+    x = np.array([[0.0], [0.6], [1.2], [1.9]], np.float32)
+    session = _session(str(tmp_path / "m.onnx"))
+    expected = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert np.array_equal(net(x).numpy(), expected)  # 2.0 at 1.2, not 1.2
+    (tmp_path / "p.vnnlib").write_text("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (>= X_0 0.0))\n"
+                                       "(assert (<= X_0 1.9))\n(assert (>= Y_0 1.95))\n")
+    assert verify(net, read_vnnlib(tmp_path / "p.vnnlib"), timeout=20).status == "sat"

@@ -11,9 +11,13 @@ Constant tensors are plain NumPy arrays and are folded.  How the quirks of real 
 * Gemm / MatMul (weight on either side, e.g. ``W @ x`` on a [1,784,1] input) become one Linear on the
   flattened features (``kron`` for matrix products over extra axes); a pending permutation is folded
   into its columns, so NHWC flattening (Transpose + Reshape + Gemm, as in ERAN nets) costs nothing.
-* Add/Sub/Mul/Div by constants and BatchNormalization are elementwise affine maps ``a*x + b``: folded
-  into the preceding Linear/Conv when possible, else a Normalize (per channel, a > 0) or a diagonal
-  1x1 Conv / Linear.  Division by a data tensor is refused.
+* Add/Sub/Mul/Div by constants and BatchNormalization are elementwise affine maps ``a*x + b``, imported
+  with the node's own float rounding (``onnx_graph.affine``): folded into the preceding layer only where
+  that is exact (an Add into a bias-free Linear/Conv, a power-of-two scale, a division after a Sub),
+  else their own layer: Normalize for x + b and x / c (c > 0), the batchnorm op (x·a + b) otherwise.
+  BatchNormalization becomes that op with a and b computed in float64 from its inputs; onnxruntime may
+  round its own a and b differently, and a division by a negative constant is taken as x·(1/c): neither
+  is covered (proofs/floating_point.md §8).  Division by a data tensor is refused.
 * A pending permutation that must be materialised (e.g. NHWC input, then Transpose, then Conv) becomes
   an ``nn.Permute`` layer, and so does a Reshape to more than one axis; so the network takes inputs in
   the file's own layout.

@@ -75,15 +75,33 @@ class _Importer:
         layer.params.update(weight=_tensor(M, self.dtype), bias=_tensor(b, self.dtype))
         return _Value(v, layer, (M.shape[0],), tuple(logical_out))
 
-    def affine(self, v: _Value, a, b, node) -> _Value:
-        """Elementwise x*a + b with constants a, b broadcastable to v's ONNX shape."""
+    def affine(self, v: _Value, a, b, node, divisor=None) -> _Value:
+        """Elementwise x*a + b with constants a, b broadcastable to v's ONNX shape (``divisor``: the node
+        is a division by it, a = 1/divisor).
+
+        The imported layers compute what the file's node computes in floats, so that a verdict's rounding
+        bound covers onnxruntime's execution of the file: a node is folded into the layer before it only
+        where the folded layer rounds the same way — an Add into a layer without a bias (one sum of the
+        same terms), a scaling by powers of two (exact), a division into a Normalize whose std is 1;
+        otherwise it becomes its own layer with the node's float semantics: fl(x + b) as Normalize(−b, 1),
+        fl(x / c) as Normalize(0, c), fl(x·a) and fl(fl(x·a) + b) as a batchnorm op with that scale and
+        shift.  (Folding Mul and Add into a Gemm in float64 had given 'unsat' where onnxruntime violates
+        the property: an adversarial review, issue 16.)"""
         try:
             a = np.broadcast_to(np.asarray(a, dtype=np.float64), (1,) + v.logical)[0]
             b = np.broadcast_to(np.asarray(b, dtype=np.float64), (1,) + v.logical)[0]
+            if divisor is not None:
+                divisor = np.broadcast_to(np.asarray(divisor, dtype=np.float64), (1,) + v.logical)[0]
         except ValueError:
             self.fail(node, f"constant does not broadcast to the data shape {v.logical}")
         layer = v.layer
-        if v.perm is None and not v.pad and isinstance(layer, nn.Linear) and v.shape == (a.size,):
+        shift_only = bool(np.all(a == 1))
+        powers_of_two = bool(np.all(b == 0) and np.all(np.isfinite(a)) and np.all(np.abs(np.frexp(a)[0]) == 0.5))
+
+        def bias_free(module):
+            return module.params["bias"] is None or not np.any(module.params["bias"].numpy())
+        foldable = lambda module: powers_of_two or (shift_only and bias_free(module))
+        if v.perm is None and not v.pad and isinstance(layer, nn.Linear) and v.shape == (a.size,) and foldable(layer):
             W, bias = layer.params["weight"].numpy().astype(np.float64), layer.params["bias"].numpy()
             a, b = a.reshape(-1), b.reshape(-1)
             new = nn.Linear(W.shape[1], W.shape[0], dtype=self.dtype)
@@ -95,7 +113,7 @@ class _Importer:
         if not per_channel and len(v.shape) > 1:
             self.fail(node, f"an elementwise constant that varies inside a channel of shape {v.shape}")
         a_c, b_c = channel_a[:, 0], channel_b[:, 0]
-        if isinstance(layer, nn.Conv2d) and v.layer is layer and len(v.shape) == 3:
+        if isinstance(layer, nn.Conv2d) and v.layer is layer and len(v.shape) == 3 and foldable(layer):
             W, bias = layer.params["weight"].numpy().astype(np.float64), layer.params["bias"]
             bias = np.zeros(W.shape[0]) if bias is None else bias.numpy()
             new = nn.Conv2d(W.shape[1], W.shape[0], W.shape[2], layer.params["stride"], layer.params["padding"],
@@ -103,19 +121,19 @@ class _Importer:
             new.params.update(weight=_tensor(a_c[:, None, None, None] * W, self.dtype),
                               bias=_tensor(a_c * bias + b_c, self.dtype))
             return replace(v, layer=new)
-        if np.all(a_c > 0) and isinstance(layer, nn.Normalize) and v.layer is layer \
-                and layer.params["mean"].shape[0] == a_c.size:   # a((x - m)/s) + b = (x - (m - b s/a)) / (s/a)
-            m, sd = (layer.params[k].numpy().astype(np.float64) for k in ("mean", "std"))
-            return replace(v, layer=nn.Normalize(mean=m - b_c * sd / a_c, std=sd / a_c, dtype=self.dtype))
-        if np.all(a_c > 0):
-            return _then(v, nn.Normalize(mean=-b_c / a_c, std=1.0 / a_c, dtype=self.dtype), v.shape)
-        if len(v.shape) == 1:
-            return self.linear(v, np.diag(a_c), b_c, v.logical)
-        if len(v.shape) != 3:
-            self.fail(node, f"a sign-changing scale on features of shape {v.shape}")
-        conv = nn.Conv2d(a_c.size, a_c.size, 1, dtype=self.dtype)
-        conv.params.update(weight=_tensor(np.diag(a_c)[:, :, None, None], self.dtype), bias=_tensor(b_c, self.dtype))
-        return _then(v, conv, v.shape)
+        c_c = None if divisor is None else divisor.reshape(divisor.shape[0], -1)[:, 0]
+        if c_c is not None and np.all(c_c > 0):
+            if isinstance(layer, nn.Normalize) and v.layer is layer and layer.params["mean"].shape[0] == c_c.size \
+                    and np.all(layer.params["std"].numpy() == 1):       # fl(fl(x − m)/1/c) = fl(fl(x − m)/c)
+                return replace(v, layer=nn.Normalize(mean=layer.params["mean"].numpy(), std=c_c, dtype=self.dtype))
+            return _then(v, nn.Normalize(mean=np.zeros_like(c_c), std=c_c, dtype=self.dtype), v.shape)
+        if shift_only:                                                   # fl(fl(x + b)/1) = fl(x + b)
+            return _then(v, nn.Normalize(mean=-b_c, std=np.ones_like(b_c), dtype=self.dtype), v.shape)
+        if len(v.shape) not in (1, 3):
+            self.fail(node, f"a per-channel scale on features of shape {v.shape}")
+        scaled = nn.BatchNorm(a_c.size, dtype=self.dtype, cast=True)     # fl(fl(x·a) + b): the op's constants
+        scaled.params.update(scale=_tensor(a_c, self.dtype), shift=_tensor(b_c, self.dtype))
+        return _then(v, scaled, v.shape)
 
     def residual(self, a: _Value, b: _Value, node) -> _Value:
         """Add of two data tensors: ``nn.Residual`` from their last common value.  Both sides are in the

@@ -146,7 +146,7 @@ def _elementwise(imp, node, args, attrs):
         return [imp.affine(x, c, 0.0, node)]
     if x is b or np.any(c == 0):
         imp.fail(node, "only division of data by a non-zero constant is supported")
-    return [imp.affine(x, 1.0 / c, 0.0, node)]
+    return [imp.affine(x, 1.0 / c, 0.0, node, divisor=c)]
 
 
 def _batchnorm(imp, node, args, attrs):
