@@ -178,14 +178,17 @@ class BatchNorm(Module):
     def astype(self, dtype: str):
         """Convert in place; in evaluation mode the op's scale and shift are rounded to ``dtype`` (class
         docstring), not recomputed from the rounded statistics."""
-        constants = None
-        if not self.training:
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                constants = {key: value.numpy().astype(dtype) for key, value in self.arguments(None).items()}
+        constants = None if self.training else self.constants()
         super().astype(dtype)
         if constants is not None:
-            self.params.update({key: Tensor(value, requires_grad=True) for key, value in constants.items()})
+            self.params.update({key: Tensor(value.astype(dtype), requires_grad=True) for key, value in constants.items()})
         return self
+
+    def constants(self) -> dict:
+        """The evaluation-mode scale and shift as arrays, without NumPy's warnings for a bad variance
+        (``check_finite`` names those)."""
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            return {key: value.numpy() for key, value in self.arguments(None).items()}
 
     def _statistics(self, x):
         """(mean, var) to normalise ``x`` with: running statistics in evaluation mode; in training mode the
@@ -226,15 +229,12 @@ class BatchNorm(Module):
 
 def set_training(net: Module, training: bool = True) -> Module:
     """Put every ``BatchNorm`` of ``net`` in training (True) or evaluation (False) mode; returns net."""
-    stack = [net]
-    while stack:
-        module = stack.pop()
+    for _, module in modules(net):
         if isinstance(module, BatchNorm):
             module.training, module.batch_stats = bool(training), None
             if training:  # the statistics will move: a cast layer's rounded constants no longer apply
                 module.params.pop("scale", None)
                 module.params.pop("shift", None)
-        stack.extend(module.children())
     return net
 
 
@@ -371,32 +371,34 @@ class Residual(Module):
         return f"Residual(block={self.block!r}, shortcut={self.shortcut!r})"
 
 
-def tensors(net):
-    """(name, module, array) for every Tensor constant of the network, depth first, e.g. '1.Linear.weight'."""
+def modules(net):
+    """(prefix, module) for ``net`` and every layer in it, depth first; prefixes as '1.' or '2.0.'."""
     stack = [(net, "")]
     while stack:
         module, prefix = stack.pop(0)
+        yield prefix, module
+        stack[:0] = [(child, f"{prefix}{i}.") for i, child in enumerate(module.children())]
+
+
+def tensors(net):
+    """(name, module, array) for every Tensor constant of the network, depth first, e.g. '1.Linear.weight';
+    a batch normalisation's derived scale and shift too (the op's own constants)."""
+    for prefix, module in modules(net):
         for key, value in module.params.items():
             if isinstance(value, Tensor):
                 yield f"{prefix}{type(module).__name__}.{key}", module, value.numpy()
-        if isinstance(module, BatchNorm) and not module.training and "scale" not in module.params:  # derived
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # check_finite names bad ones
-                arguments = module.arguments(None)
-            for key, value in arguments.items():
-                yield f"{prefix}{type(module).__name__}.{key}", module, value.numpy()
-        stack[:0] = [(child, f"{prefix}{i}.") for i, child in enumerate(module.children())]
+        if isinstance(module, BatchNorm) and not module.training and "scale" not in module.params:
+            for key, value in module.constants().items():
+                yield f"{prefix}{type(module).__name__}.{key}", module, value
 
 
 def check_evaluation_mode(net) -> None:
     """Refuse a network with a ``BatchNorm`` in training mode: there each concrete call is a training batch
     (its own statistics; the running ones move), so no fixed function is certified or exported."""
-    stack = [(net, "")]
-    while stack:
-        module, prefix = stack.pop(0)
+    for prefix, module in modules(net):
         if isinstance(module, BatchNorm) and module.training:
             raise ValueError(f"layer {prefix}BatchNorm is in training mode (each call would use its own batch "
                              f"statistics): call refcert.nn.set_training(net, False) first")
-        stack[:0] = [(child, f"{prefix}{i}.") for i, child in enumerate(module.children())]
 
 
 def check_finite(net) -> None:

@@ -142,9 +142,14 @@ def test_random_conv_nets_exercise_the_patches():
     plans = [patches.plan(steps, shape) for steps, shape, *_ in calls]
     assert any(p and p[0] >= 4 for p in plans)              # conv, relu, conv, normalize: windows grow
     assert any(p and p[0] < len(steps) for p, (steps, *_) in zip(plans, calls))  # the dense rule finishes
+    _assert_rules_agree(calls, 1e-12)
+
+
+def _assert_rules_agree(calls, tolerance):
+    """Every recorded call's patched bounds equal the dense rule's up to ``tolerance`` (relative and absolute)."""
     for *_, result, dense in calls:
         for got, want in zip(result, dense):
-            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=tolerance, atol=tolerance)
 
 
 @FEW
@@ -155,9 +160,7 @@ def test_patches_without_the_sound_policy(data):
     lower, upper = data.draw(input_boxes(shape), label="input box")
     with no_grad(), fp.use(sound=False), _both_rules() as calls:
         net(domains.get("deeppoly").from_bounds(lower, upper)).bounds()
-    for *_, result, dense in calls:
-        for got, want in zip(result, dense):
-            np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-9)
+    _assert_rules_agree(calls, 1e-9)
 
 
 @FEW

@@ -98,9 +98,9 @@ class _Importer:
         shift_only = bool(np.all(a == 1))
         powers_of_two = bool(np.all(b == 0) and np.all(np.isfinite(a)) and np.all(np.abs(np.frexp(a)[0]) == 0.5))
 
-        def bias_free(module):
-            return module.params["bias"] is None or not np.any(module.params["bias"].numpy())
-        foldable = lambda module: powers_of_two or (shift_only and bias_free(module))
+        def foldable(module):   # the folded layer rounds as the two did: a scaling by 2^k, or a first bias
+            bias = module.params["bias"]
+            return powers_of_two or (shift_only and (bias is None or not np.any(bias.numpy())))
         if v.perm is None and not v.pad and isinstance(layer, nn.Linear) and v.shape == (a.size,) and foldable(layer):
             W, bias = layer.params["weight"].numpy().astype(np.float64), layer.params["bias"].numpy()
             a, b = a.reshape(-1), b.reshape(-1)
